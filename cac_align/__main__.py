@@ -1,0 +1,3 @@
+from cac_align.cli import main
+
+raise SystemExit(main())

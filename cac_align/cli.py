@@ -72,10 +72,131 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- serve-reward
+def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve-reward",
+        help="serve a reward model over HTTP (POST /reward and POST /v1/chat/completions)",
+        description="Load a reward checkpoint once and serve it until Ctrl-C: POST /reward scores videos (base64 "
+        "video files or raw tensors; client: cac_align.reward.remote.RemoteReward) and POST /v1/chat/completions "
+        "exposes the same weights as an OpenAI-compatible chat model (client: UnifiedReward.from_server). Requests "
+        "are served one at a time. Listens on 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("--model", required=True, help="the checkpoint folder (model + processor)")
+    p.add_argument("--reward", choices=["cac", "unified"], default="cac", help="which reward to serve (default cac)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1, this machine)")
+    p.add_argument("--port", type=int, default=8100, help="TCP port (default 8100)")
+    p.add_argument("--name", default=None, help="served chat model name (default: the folder's name)")
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto", help="weights dtype")
+    p.add_argument("--soft", action="store_true", help="unified only: soft scores from the digit distribution")
+
+
+def _run_serve_reward(args: argparse.Namespace) -> int:
+    from cac_align.serve import serve_reward_model
+
+    extra = {"soft": True} if args.soft else {}
+    if args.soft and args.reward != "unified":
+        print("serve-reward: --soft applies to --reward unified only", file=sys.stderr)
+        return 2
+    serve_reward_model(
+        args.model,
+        args.reward,
+        host=args.host,
+        port=args.port,
+        model_name=args.name,
+        device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        **extra,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------- score
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score video files with a CaC checkpoint: reward, status, window, labels (and visual evidence)",
+        description="Judge each video file with the CaC reward (Sec. 3.4, Eq. 7) and print one result per file: the "
+        "reward (P(normal) / (P(normal) + P(abnormal))), the status, the anomalous window and the labels; with --json "
+        "one JSON object per line. A file that cannot be read gets a result saying what went wrong and the others are "
+        "still scored; the exit code is 1 if any file failed. --render DIR writes, per video, an mp4 with the boxes "
+        "drawn on the frames and the window on a timeline, and DIR/index.html showing every video with its reward, "
+        "labels, reasons and raw answers.",
+    )
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    p.add_argument("--model", required=True, help="the CaC checkpoint folder (model + processor)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line instead of text")
+    p.add_argument("--render", metavar="DIR", default=None, help="write evidence mp4s and DIR/index.html")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default=None, help="the generation prompt of every video")
+    g.add_argument("--prompts", metavar="FILE", default=None, help="a text file with one prompt per line, per VIDEO")
+    p.add_argument("--mode", choices=["two-turn", "single-turn"], default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=4, help="videos judged together (default 4)")
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto", help="weights dtype")
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    paths = [Path(v) for v in args.videos]
+    prompts: list[str | None] = [args.prompt] * len(paths)
+    if args.prompts is not None:
+        try:
+            prompts = list(Path(args.prompts).read_text(encoding="utf-8").splitlines())
+        except OSError as e:
+            print(f"score: --prompts {args.prompts}: {e.strerror}", file=sys.stderr)
+            return 2
+        if len(prompts) != len(paths):
+            print(
+                f"score: {args.prompts}: expected {len(paths)} lines (one prompt per VIDEO), got {len(prompts)}",
+                file=sys.stderr,
+            )
+            return 2
+    if args.batch_size < 1:
+        print(f"score: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+
+    from cac_align.evidence import render_evidence_video, score_files, write_report
+    from cac_align.reward.cac import CaCReward
+    from cac_align.video import VideoReadError, load_video
+
+    settings = {} if args.mode is None else {"mode": args.mode}
+    dtype = None if args.dtype == "auto" else args.dtype
+    reward = CaCReward.from_pretrained(args.model, device=args.device, dtype=dtype, **settings)
+    out = None if args.render is None else Path(args.render)
+    results, names = [], set()
+    for r in score_files(reward, paths, prompts, batch_size=args.batch_size):
+        if out is not None and r.ok and r.evidence is not None:
+            stem, k = r.path.stem, 1
+            while f"{stem}.mp4" in names:  # two inputs with the same name from different folders
+                k += 1
+                stem = f"{r.path.stem}-{k}"
+            names.add(f"{stem}.mp4")
+            try:
+                full = load_video(r.path, None)
+                r.render = render_evidence_video(full.frames, full.src_fps, r.evidence, out / f"{stem}.mp4")
+            except VideoReadError as e:  # scored from its sampled frames, but the whole file does not decode
+                r.error = f"rendering failed: {e}"
+        print(json.dumps(r.to_dict(), ensure_ascii=False) if args.json else r.line(), flush=True)
+        results.append(r)
+    if out is not None:
+        page = write_report(results, out / "index.html")
+        print(f"score: report {page}", file=sys.stderr)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"score: {failed} of {len(results)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
     "synth": (_add_synth, _run_synth),
+    "serve-reward": (_add_serve_reward, _run_serve_reward),
+    "score": (_add_score, _run_score),
 }
 
 

@@ -181,6 +181,9 @@ def test_chat_endpoint_speaks_the_openai_format(service):
     assert all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in lps)
     # greedy: each chosen token is the most likely one
     assert all(math.isclose(e["logprob"], e["top_logprobs"][0]["logprob"], abs_tol=1e-6) for e in lps)
+    sampled = {**body, "temperature": 0.8, "top_p": 0.9, "seed": 7, "logprobs": False, "top_logprobs": 0}
+    first = post_json(service.url + "/v1/chat/completions", sampled)["choices"][0]["message"]
+    assert post_json(service.url + "/v1/chat/completions", sampled)["choices"][0]["message"] == first
     with pytest.raises(RuntimeError, match="HTTP 404"):
         post_json(service.url + "/v1/chat/completions", {**body, "model": "other"})
     with pytest.raises(RuntimeError, match="HTTP 400.*image_url"):
@@ -211,6 +214,17 @@ def test_server_answer_texts_are_parsed_and_failures_counted(caplog):
         physics = UnifiedReward.from_server(svc.url, "m", dimensions=("physics",))
         assert physics(torch.rand(2, 20, 3, 16, 16), PROMPTS) == [3.0, None]
         assert physics.log()["unified_reward/physics_mean"] == 3.0
+
+
+def test_http_service_errors_and_health():
+    with HTTPService({("POST", "/echo"): lambda body: body}, max_body_bytes=64) as svc:
+        assert post_json(svc.url + "/echo", {"a": 1}) == {"a": 1}
+        with urllib.request.urlopen(svc.url + "/health", timeout=30) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
+        with pytest.raises(RuntimeError, match="HTTP 413"):
+            post_json(svc.url + "/echo", {"a": "x" * 100})
+        with pytest.raises(RuntimeError, match="HTTP 404: no route POST /nothing"):
+            post_json(svc.url + "/nothing", {})
 
 
 # ------------------------------------------------------------------------------------------------- reward server

@@ -126,7 +126,9 @@ class UnifiedReward:
 
     Build it with :meth:`from_pretrained` (local transformers) or :meth:`from_server` (an OpenAI-compatible server).
     Scores are in :data:`SCORE_RANGE` ``(1, 5)`` (:attr:`score_range`, for
-    ``Component(reward, norm="range", range=reward.score_range)``).
+    ``Component(reward, norm="range", range=reward.score_range)``). The local backend scores one video per forward
+    (no padding: a video's score never depends on the rest of its batch); the server backend sends up to
+    ``max_concurrency`` videos at once.
 
     Attributes:
         dimensions: the dimensions averaged into the reward.
@@ -134,7 +136,7 @@ class UnifiedReward:
         num_videos: videos scored so far.
         num_unparsable: how many of them got None because the answer could not be parsed.
         last_answers: the raw answers of the latest call (hard mode; empty in soft mode).
-        last_scores: the per-dimension scores of the latest call, one dict per video (``{}`` where unparsable).
+        last_scores: the per-dimension scores of the latest call, one dict per video (without the dimensions that could not be parsed).
     """
 
     score_range: tuple[float, float] = SCORE_RANGE

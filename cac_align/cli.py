@@ -191,12 +191,80 @@ def _run_score(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ---------------------------------------------------------------------------------------------------------- bench
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="anomaly-judge benchmark: Table 1, Fig. 4, Table S3, Table S4 metrics of a judge over a manifest",
+        description="Run a judge over every video of an annotation manifest and write OUT/predictions.jsonl (one line "
+        "per video; a rerun on the same OUT resumes), OUT/metrics.json, OUT/tables.md (the paper's table layouts "
+        "beside its CaC numbers) and one bar chart PNG per table. --judge cac runs CaCReward on a CaC checkpoint or "
+        "any Qwen3-VL checkpoint (CaC's prompt); --judge unified runs UnifiedReward under its own prompt and calls a "
+        "video abnormal when its 1-5 score is below --threshold (no localisation: IoUs are n/a).",
+    )
+    p.add_argument("manifest", help="annotation manifest (JSONL)")
+    p.add_argument("--model", required=True, help="the checkpoint folder (model + processor)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--judge", choices=["cac", "unified"], default="cac", help="judge protocol (default cac)")
+    p.add_argument(
+        "--mode", choices=["two-turn", "single-turn"], default=None, help="cac only; default: the checkpoint's"
+    )
+    p.add_argument("--threshold", type=float, default=None, help="unified only: abnormal below this score (default 3)")
+    p.add_argument("--batch-size", type=int, default=4, help="videos judged together (default 4)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N videos of the manifest")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="generation budget per turn (default: the judge's)"
+    )
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto", help="weights dtype")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    if args.judge == "unified" and args.mode is not None:
+        print("bench: --mode applies to --judge cac only", file=sys.stderr)
+        return 2
+    if args.judge == "cac" and args.threshold is not None:
+        print("bench: --threshold applies to --judge unified only", file=sys.stderr)
+        return 2
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--limit", args.limit),
+        ("--max-new-tokens", args.max_new_tokens),
+    ):
+        if value is not None and value < 1:
+            print(f"bench: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+
+    from cac_align.eval.bench import CaCJudge, UnifiedJudge, run_bench
+
+    dtype = None if args.dtype == "auto" else args.dtype
+    settings = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    if args.judge == "cac":
+        from cac_align.reward.cac import CaCReward
+
+        if args.mode is not None:
+            settings["mode"] = args.mode
+        judge = CaCJudge(CaCReward.from_pretrained(args.model, device=args.device, dtype=dtype, **settings))
+    else:
+        from cac_align.reward.unified import UnifiedReward
+
+        reward = UnifiedReward.from_pretrained(args.model, device=args.device, dtype=dtype, **settings)
+        judge = UnifiedJudge(reward, threshold=3.0 if args.threshold is None else args.threshold)
+    m = run_bench(args.manifest, judge, args.out, batch_size=args.batch_size, limit=args.limit)
+    t1 = m["table1"]
+    acc = "n/a" if t1["accuracy"] is None else f"{t1['accuracy']:.3f}"
+    print(f"bench: {judge.name} on {m['num_videos']} videos: accuracy {acc}, counts {t1['counts']}")
+    print(f"bench: wrote {args.out}/metrics.json, tables.md and charts")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
     "synth": (_add_synth, _run_synth),
     "serve-reward": (_add_serve_reward, _run_serve_reward),
     "score": (_add_score, _run_score),
+    "bench": (_add_bench, _run_bench),
 }
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +265,13 @@ def test_invalid_arguments_raise(wan):
     traj = run(wan, sde_steps=[1])
     with pytest.raises(IndexError, match="step_idx"):
         step_logprob(wan.transformer, traj, 1)
+
+
+def test_benchmark_runs_tiny(tmp_path):
+    """benchmarks/wan_step.py --tiny must keep working (it is the only runnable copy of the GPU benchmark)."""
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "wan_step.py"))
+    out = tmp_path / "bench.json"
+    results = bench["main"](["--tiny", "--steps", "3", "--warmup", "0", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["tiny"] and results["settings"]["steps"] == 3
+    assert all(v > 0 for v in results["seconds_per_video"].values())

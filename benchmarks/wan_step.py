@@ -1,0 +1,194 @@
+"""Seconds per video: our Wan-2.1 SDE sampler next to diffusers' WanPipeline, same weights, same run.
+
+Paper setting (Sec. 4.2, App. C.4): Wan-2.1-T2V-1.3B architecture (random weights: 30 blocks, 12 heads x 128,
+ffn 8960, text dim 4096), 480x832, 81 frames, 50 steps, CFG 5.0, noise level 0.3, bf16 transformer, fp32 VAE.
+Target: our sampler (SDE on every step but the last, log-probs and the trajectory recorded) at most 5% slower than
+the pipeline's denoising loop.
+
+    python benchmarks/wan_step.py                       # GPU, paper setting
+    python benchmarks/wan_step.py --offload --repeats 3 # trajectory kept on CPU
+    python benchmarks/wan_step.py --tiny                # CPU smoke run (default without CUDA)
+
+The text encoder (umT5-XXL, 5.7B) is not part of the timed loop: both samplers get the same random prompt
+embeddings. The pipeline uses ``output_type="latent"``; VAE decoding is timed once on its own, as it is the same
+call for both. Results are printed and, with ``--out``, written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+from cac_align.generators.sampler import sample
+from cac_align.generators.tiny import build_tiny_wan
+from cac_align.generators.wan import MAX_SEQUENCE_LENGTH, decode_latents, encode_prompts, load_wan
+from cac_align.utils import atomic_write_json
+
+PAPER = {"num_frames": 81, "height": 480, "width": 832, "steps": 50}
+TINY = {"num_frames": 9, "height": 32, "width": 32, "steps": 4}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny random Wan on CPU (default when CUDA is unavailable)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 50, tiny 4)")
+    p.add_argument("--num-frames", type=int, help="frames, 4k + 1 (default 81, tiny 9)")
+    p.add_argument("--height", type=int, help="multiple of 16 (default 480, tiny 32)")
+    p.add_argument("--width", type=int, help="multiple of 16 (default 832, tiny 32)")
+    p.add_argument("--batch", type=int, default=1, help="videos per sampling call (default 1)")
+    p.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5.0; <= 1 disables CFG)")
+    p.add_argument("--noise-level", type=float, default=0.3, help="SDE noise level (default 0.3, App. C.4)")
+    p.add_argument("--sde-window", type=int, help="only this many SDE steps from step 0 (default: all but last)")
+    p.add_argument("--offload", action="store_true", help="keep the recorded trajectory on CPU")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each sampler first (default 1)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs of each sampler (default 2)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        args.tiny = True
+    preset = TINY if args.tiny else PAPER
+    args.steps = args.steps or preset["steps"]
+    args.num_frames = args.num_frames or preset["num_frames"]
+    args.height = args.height or preset["height"]
+    args.width = args.width or preset["width"]
+    return args
+
+
+def build_paper_wan(device: torch.device) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
+    """Wan-2.1-T2V-1.3B's transformer (bf16) and VAE (fp32) architectures with random weights."""
+    with torch.device(device):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        )
+        vae = AutoencoderKLWan()  # the defaults are Wan-2.1's VAE
+    return transformer.to(torch.bfloat16).eval(), vae.eval()
+
+
+def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, float | None]:
+    """Wall seconds of one call of ``fn`` (synchronising CUDA) and its peak CUDA memory in GiB (None on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type != "cuda":
+        return time.perf_counter() - t0, None
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    if args.tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            wan = load_wan(build_tiny_wan(Path(tmp) / "tiny"))
+        transformer, vae = wan.transformer, wan.vae
+        seq = 32
+        cond = encode_prompts(wan.tokenizer, wan.text_encoder, ["a cat jumps"] * args.batch, max_sequence_length=seq)
+        uncond = encode_prompts(wan.tokenizer, wan.text_encoder, [""] * args.batch, max_sequence_length=seq)
+    else:
+        transformer, vae = build_paper_wan(device)
+        gen = torch.Generator(device).manual_seed(0)
+        shape = (args.batch, MAX_SEQUENCE_LENGTH, 4096)
+        cond = torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16)
+        uncond = torch.randn(shape, generator=gen, device=device, dtype=torch.bfloat16)
+    size = {"num_frames": args.num_frames, "height": args.height, "width": args.width}
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    sde_steps = None if args.sde_window is None else list(range(args.sde_window))
+
+    def run_pipeline() -> torch.Tensor:
+        return pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond if args.guidance > 1 else None,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator(device).manual_seed(0),
+            output_type="latent",
+            **size,
+        ).frames
+
+    def run_ours():
+        return sample(
+            transformer,
+            scheduler,
+            cond,
+            uncond,
+            num_steps=args.steps,
+            guidance_scale=args.guidance,
+            noise_level=args.noise_level,
+            sde_steps=sde_steps,
+            generator=torch.Generator(device).manual_seed(0),
+            offload_to_cpu=args.offload,
+            **size,
+        )
+
+    runs: dict[str, list[tuple[float, float | None]]] = {"pipeline": [], "sde_sampler": []}
+    with torch.no_grad():
+        for r in range(args.warmup + args.repeats):  # interleaved, so drifting clocks or load hit both alike
+            for name, fn in (("pipeline", run_pipeline), ("sde_sampler", run_ours)):
+                result = measure(fn, device)
+                if r >= args.warmup:
+                    runs[name].append(result)
+        latents = run_ours().final_latents
+        t_decode, _ = measure(lambda: decode_latents(vae, latents), device)
+
+    per_video = {f"{name}_denoise_s": statistics.median(t for t, _ in rs) / args.batch for name, rs in runs.items()}
+    per_video["vae_decode_s"] = t_decode / args.batch
+    peak_gib = {name: None if rs[0][1] is None else max(m for _, m in rs) for name, rs in runs.items()}
+    slowdown = per_video["sde_sampler_denoise_s"] / per_video["pipeline_denoise_s"] - 1
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "tiny": args.tiny,
+        "settings": {
+            **size,
+            "steps": args.steps,
+            "batch": args.batch,
+            "guidance": args.guidance,
+            "noise_level": args.noise_level,
+            "sde_steps": "all but last" if sde_steps is None else sde_steps,
+            "offload_to_cpu": args.offload,
+        },
+        "seconds_per_video": per_video,
+        "sde_sampler_slowdown": slowdown,
+        "peak_cuda_gib": peak_gib,
+        # Flow-GRPO training step (step_logprob forward + backward over the SDE steps with LoRA, optimizer step):
+        # to be timed here by the Flow-GRPO recipe (generators/flow_grpo.py) and reported as "train_step_s".
+        "train_step_s": None,
+    }
+    print(f"device: {results['device']}  settings: {results['settings']}")
+    for name, value in per_video.items():
+        print(f"  {name:<24} {value:9.3f} s/video")
+    verdict = "" if args.tiny else ("  (target <= 5%: met)" if slowdown <= 0.05 else "  (target <= 5%: NOT met)")
+    print(f"  sde sampler vs pipeline  {100 * slowdown:+8.1f} %{verdict}")
+    for name, gib in peak_gib.items():
+        if gib is not None:
+            print(f"  {name + ' peak memory':<24} {gib:9.2f} GiB")
+    if args.out is not None:
+        atomic_write_json(args.out, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -350,7 +350,7 @@ def save_video(frames: torch.Tensor, path: str | Path, fps: float | Fraction, cr
             s = c.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = w, h, pix_fmt
             s.options = {"crf": str(crf)}
-            for f in rgb:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            for f in rgb:  # convert explicitly: PyAV's implicit conversion inside encode() is not deterministic
+                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)))
             c.mux(s.encode())
     return path

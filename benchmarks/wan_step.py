@@ -80,7 +80,12 @@ def build_paper_wan(device: torch.device) -> tuple[WanTransformer3DModel, Autoen
             rope_max_seq_len=1024,
         )
         vae = AutoencoderKLWan()  # the defaults are Wan-2.1's VAE
-    return transformer.to(torch.bfloat16).eval(), vae.eval()
+    # what from_pretrained(torch_dtype=torch.bfloat16) gives: bf16, except the modules Wan keeps in fp32
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    for name, param in transformer.named_parameters():
+        fp32 = any(k in name.split(".") for k in keep)
+        param.data = param.data.to(torch.float32 if fp32 else torch.bfloat16)
+    return transformer.eval(), vae.eval()
 
 
 def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, float | None]:

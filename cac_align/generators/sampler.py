@@ -353,9 +353,11 @@ def sample(
     rec_out = torch.empty_like(rec_in)
     log_probs = torch.empty((batch, len(steps)), dtype=torch.float32, device=store)
     slot = {i: k for k, i in enumerate(steps)}
+    t_dev = timesteps.to(device)
+    dts = (sigmas[1:] - sigmas[:-1]).to(device)  # the same fp32 differences the Euler scheduler takes
 
     for i in range(num_steps):
-        v = _velocity(transformer, x, timesteps[i].to(device), cond, uncond, guidance_scale, model_dtype)
+        v = _velocity(transformer, x, t_dev[i], cond, uncond, guidance_scale, model_dtype)
         if i in slot:
             mean, std = sde_mean_std(x, v, sigmas, i, noise_level)
             x_next = mean + std * _randn(shape, generator, device)
@@ -364,7 +366,7 @@ def sample(
             rec_out[:, k] = x_next
             log_probs[:, k] = gaussian_log_prob(x_next, mean, std)
         else:
-            x_next = x + (sigmas[i + 1] - sigmas[i]).to(device) * v
+            x_next = x + dts[i] * v
         x = x_next
 
     return Trajectory(

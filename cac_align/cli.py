@@ -258,6 +258,62 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------------- vbench
+def _add_vbench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "vbench",
+        help="VBench subject consistency, imaging quality and dynamic degree of videos (paper Table 2)",
+        description="Score video files (or folders of them) on the VBench dimensions the paper reports (App. C.4.1) "
+        "and write OUT/vbench.json (per video and overall) and OUT/vbench.md. --backend native computes them with "
+        "cac-align's own networks, batched, on weights read from a VBench cache folder (dino_model/, pyiqa_model/, "
+        "raft_model/); --backend official runs the vbench package itself with the interpreter of its own "
+        "environment (--vbench-python), since its pins (transformers 4.33, numpy<2) cannot share ours.",
+    )
+    p.add_argument("videos", nargs="+", help="video files or folders of videos")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--dimensions",
+        default="subject_consistency,imaging_quality,dynamic_degree",
+        help="comma-separated (default: all three)",
+    )
+    p.add_argument(
+        "--weights", default=None, help="VBench cache folder (default $VBENCH_CACHE_DIR or ~/.cache/vbench)"
+    )
+    p.add_argument("--backend", choices=["native", "official"], default="native", help="(default native)")
+    p.add_argument(
+        "--vbench-python", default=None, help="official backend: python of the env where vbench is installed"
+    )
+    p.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=16, help="native: frames (pairs) per network call (default 16)")
+
+
+def _run_vbench(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        print(f"vbench: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if args.vbench_python is not None and args.backend != "official":
+        print("vbench: --vbench-python applies to --backend official only", file=sys.stderr)
+        return 2
+    from cac_align.eval.vbench import main_vbench
+
+    try:
+        main_vbench(
+            args.videos,
+            args.out,
+            dimensions=[d.strip() for d in args.dimensions.split(",") if d.strip()],
+            weights_dir=args.weights,
+            backend=args.backend,
+            vbench_python=args.vbench_python,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
+    except (ValueError, OSError, RuntimeError) as e:  # bad paths, foreign weights, unreadable videos, VBench failing
+        print(f"vbench: {e}", file=sys.stderr)
+        return 1
+    print(f"vbench: wrote {args.out}/vbench.json and vbench.md")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
@@ -265,6 +321,7 @@ COMMANDS = {
     "serve-reward": (_add_serve_reward, _run_serve_reward),
     "score": (_add_score, _run_score),
     "bench": (_add_bench, _run_bench),
+    "vbench": (_add_vbench, _run_vbench),
 }
 
 

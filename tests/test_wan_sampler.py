@@ -155,6 +155,21 @@ def test_logprob_matches_hand_gaussian(wan):
         torch.testing.assert_close(traj.log_probs[:, k].double(), expected_lp, atol=1e-5, rtol=0)
 
 
+def test_first_step_noise_is_bounded_on_the_unipc_grid(wan):
+    """Wan ships UniPC, whose grid starts at 1 - 1e-6, not 1: step 0 must still use sigmas[1] in the denominator."""
+    eta = 0.3
+    cond, uncond = embeds(wan)
+    traj = sample(
+        wan.transformer, wan.scheduler, cond, uncond, num_steps=STEPS, sde_steps=[0], generator=gens(0, 1), **SIZE
+    )
+    s0, s1 = traj.sigmas[0].double(), traj.sigmas[1].double()
+    assert 0.999 < s0 < 1
+    with torch.no_grad():
+        std = step_logprob(wan.transformer, traj, 0).std
+    assert std == pytest.approx(float(eta * torch.sqrt(s0 / (1 - s1)) * torch.sqrt(s0 - s1)), rel=1e-6)
+    assert std < 1 and traj.final_latents.abs().max() < 10
+
+
 def test_gradients_reach_lora_through_step_logprob(tiny_path):
     c = load_wan(tiny_path)
     add_lora(c.transformer, rank=4, alpha=8)

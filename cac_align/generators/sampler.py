@@ -5,7 +5,7 @@ deterministic flow-matching ODE into an SDE with the same marginals, so every de
 policy ``x_{i+1} ~ N(mean_i, std_i^2 I)`` whose log-probability the policy-gradient loss needs. With velocity
 ``v`` predicted at ``(x, sigma)``, next noise level ``sigma'``, ``dt = sigma' - sigma < 0`` and noise level ``eta``:
 
-    s      = eta * sqrt(sigma / (1 - sigma))       (at sigma = 1 the denominator uses the grid's second sigma)
+    s      = eta * sqrt(sigma / (1 - sigma))       (at step 0, sigma ~ 1, the denominator uses the grid's sigmas[1])
     mean   = x * (1 + s^2 dt / (2 sigma)) + v * (1 + s^2 (1 - sigma) / (2 sigma)) * dt
     std    = s * sqrt(-dt)
     x'     = mean + std * eps,  eps ~ N(0, I)
@@ -197,8 +197,10 @@ def sde_mean_std(
     if not 0 < sigma_next < sigma <= 1:
         raise ValueError(f"SDE step {i}: expected 0 < sigma_next < sigma <= 1, got {sigma_next} and {sigma}")
     dt = sigma_next - sigma
-    denom_sigma = float(sigmas[1]) if sigma == 1 else sigma
-    s = noise_level * math.sqrt(sigma / (1 - denom_sigma))
+    # sqrt(sigma / (1 - sigma)) is infinite at sigma = 1; like Flow-GRPO, step 0 uses sigmas[1] in the denominator.
+    # Taking min() rather than testing sigma == 1 also covers UniPC's grid, which starts at 1 - 1e-6: there an exact
+    # test misses and the step-0 std grows to ~eta * 1000.
+    s = noise_level * math.sqrt(sigma / (1 - min(sigma, float(sigmas[1]))))
     mean = x * (1 + s**2 * dt / (2 * sigma)) + v * ((1 + s**2 * (1 - sigma) / (2 * sigma)) * dt)
     return mean, s * math.sqrt(-dt)
 

@@ -22,8 +22,8 @@ pipeline's output (tested). It departs from the pipeline in these points:
 
 - Stochastic steps: the SDE step above and its log-probabilities (the pipeline has neither).
 - Step rule: always first-order Euler on the scheduler's grid. With ``UniPCMultistepScheduler`` (what Wan-2.1 ships)
-  the pipeline runs UniPC's multistep predictor-corrector on that grid instead; Flow-GRPO's Wan code uses Euler/SDE
-  steps on the UniPC grid as we do.
+  the pipeline runs UniPC's multistep predictor-corrector on that grid instead; Flow-GRPO's Wan code also takes
+  Euler/SDE steps on the UniPC grid.
 - Precision: latents stay fp32 between steps and the guidance combination and step math run in fp32; the model runs
   in its own dtype (bf16 on GPU). The pipeline casts latents back to the model dtype after every step.
 - Inputs: prompt embeddings (from :func:`cac_align.generators.wan.encode_prompts`), not prompts; repeat them for
@@ -52,7 +52,7 @@ from cac_align.generators.wan import (
     Scheduler,
 )
 
-Generator = torch.Generator | list[torch.Generator] | None
+Generators = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
@@ -245,7 +245,7 @@ def _velocity(
     return v
 
 
-def _randn(shape: tuple[int, ...], generator: Generator, device: torch.device) -> torch.Tensor:
+def _randn(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
     """Standard normal fp32 noise; a list of generators draws each sample from its own (as diffusers does)."""
     if generator is None:
         return torch.randn(shape, device=device)
@@ -283,7 +283,7 @@ def sample(
     guidance_scale: float = 5.0,
     noise_level: float = 0.3,
     sde_steps: list[int] | None = None,
-    generator: Generator = None,
+    generator: Generators = None,
     latents: torch.Tensor | None = None,
     offload_to_cpu: bool = False,
     dtype: torch.dtype | None = None,

@@ -349,8 +349,9 @@ def save_video(frames: torch.Tensor, path: str | Path, fps: float | Fraction, cr
         with av.open(str(tmp), mode="w", format="mp4") as c:
             s = c.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = w, h, pix_fmt
-            s.options = {"crf": str(crf)}
-            for f in rgb:  # convert explicitly: PyAV's implicit conversion inside encode() is not deterministic
-                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format=pix_fmt)))
+            # mbtree off: libx264's macroblock-tree rate control gave different files for the same frames
+            s.options = {"crf": str(crf), "x264-params": "mbtree=0"}
+            for f in rgb:
+                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
             c.mux(s.encode())
     return path

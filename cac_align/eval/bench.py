@@ -350,8 +350,12 @@ def format_tables(metrics: dict[str, Any]) -> str:
             ],
         ),
         "",
-        f"Means over {loc['n_temporal']} anomalous videos (temporal) and the {loc['n_spatial']} with GT boxes "
-        "(spatial); a video not called abnormal scores 0.",
+        (
+            f"Means over {loc['n_temporal']} anomalous videos (temporal) and the {loc['n_spatial']} with GT boxes "
+            "(spatial); a video not called abnormal scores 0."
+            if loc["n_temporal"]
+            else "n/a: the judge gives no windows or boxes, or there is no anomalous video."
+        ),
         "",
         "## Table S2: inference time",
         "",

@@ -458,6 +458,7 @@ def main_vbench(
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """What ``cac-align vbench`` does: find the videos, score them with a backend, write ``OUT/vbench.{json,md}``."""
+    dimensions = check_dimensions(dimensions)
     files = find_videos(videos)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if backend == "official":

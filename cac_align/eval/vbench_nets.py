@@ -15,12 +15,12 @@ Files and the layout each loader expects (paths relative to the cache folder):
     Released: D = 768, 12 blocks, P = 16, G = 14, MLP 3072. Heads are ``D / 64`` (every DINO ViT uses 64-d heads).
 ``pyiqa_model/musiq_spaq_ckpt-358bb6af.pth`` (:func:`load_musiq`)
     The state dict of pyiqa's ``MUSIQ`` with one output (SPAQ): ``conv_root.weight [64, 3, 7, 7]``,
-    ``gn_root.{weight, bias}``, ``block1.{conv1, gn1, conv2, gn2, conv3, gn3, conv_proj, gn_proj}.*``,
-    ``embedding.{weight [D, 256 (P/4)^2], bias}``, ``transformer_encoder.{posembed_input.position_emb [1, G*G, D],
+    ``gn_root.{weight, bias}``, ``block1.{conv1, gn1, conv2, gn2, conv3, gn3, conv_proj, gn_proj}.*`` (a
+    bottleneck from the 64-channel stem to 256), ``embedding.{weight [D, 256 (P/4)^2], bias}``, ``transformer_encoder.{posembed_input.position_emb [1, G*G, D],
     scaleembed_input.scale_emb [3, D], cls [1, 1, D], encoder_norm.*}``,
     ``transformer_encoder.transformer.encoderblock_{i}.{norm1, attention.{query, key, value, out}, norm2,
     mlp.{fc1, fc2}}.*`` and ``head.{weight [1, D], bias [1]}``. Released: D = 384, 14 blocks, MLP 1152, P = 32,
-    G = 10; heads are ``D / 64``.
+    G = 10; heads are ``D / 64``. The stem width (64) is read from ``conv_root.weight``.
 ``raft_model/models/raft-things.pth`` (:func:`load_raft`)
     princeton-vl RAFT (large) as saved from ``nn.DataParallel``: every key starts with ``module.``
     (``module.fnet.*``, ``module.cnet.*``, ``module.update_block.{encoder, gru, flow_head, mask}.*``); the context
@@ -389,16 +389,17 @@ class Musiq(nn.Module):
         patch_size: int = 32,
         grid: int = 10,
         num_scales: int = 3,
+        stem_width: int = 64,
     ) -> None:
         super().__init__()
         if num_scales != len(MUSIQ_LONGER_SIDES) + 1:
             raise ValueError(f"MUSIQ here has {len(MUSIQ_LONGER_SIDES) + 1} scales, got {num_scales}")
         self.patch_size = patch_size
         self.grid = grid
-        self.conv_root = StdConv2d(3, 64, 7, stride=2, bias=False)
-        self.gn_root = nn.GroupNorm(32, 64, eps=1e-6)
-        self.block1 = _MusiqBottleneck(64, 256)
-        self.embedding = nn.Linear(256 * (patch_size // 4) ** 2, dim)
+        self.conv_root = StdConv2d(3, stem_width, 7, stride=2, bias=False)
+        self.gn_root = nn.GroupNorm(32, stem_width, eps=1e-6)
+        self.block1 = _MusiqBottleneck(stem_width, 4 * stem_width)
+        self.embedding = nn.Linear(4 * stem_width * (patch_size // 4) ** 2, dim)
         self.transformer_encoder = _MusiqEncoder(dim, mlp_dim, num_heads, num_layers, grid, num_scales)
         self.head = nn.Linear(dim, 1)
 
@@ -417,10 +418,11 @@ def load_musiq(path: str | Path) -> Musiq:
     path, what = Path(path), "MUSIQ (SPAQ)"
     sd = read_state_dict(path, what)
     dim, in_features = _shape(sd, "embedding.weight", path, what)
-    patch = 4 * math.isqrt(in_features // 256)
+    stem = _shape(sd, "conv_root.weight", path, what)[0]
+    patch = 4 * math.isqrt(in_features // (4 * stem))
     n_pos = _shape(sd, "transformer_encoder.posembed_input.position_emb", path, what)[1]
     grid = math.isqrt(n_pos)
-    if 256 * (patch // 4) ** 2 != in_features or grid * grid != n_pos or dim % HEAD_DIM:
+    if 4 * stem * (patch // 4) ** 2 != in_features or grid * grid != n_pos or dim % HEAD_DIM:
         raise WeightsError(
             f"{path}: embedding {in_features} inputs / {n_pos} positions / width {dim} do not fit MUSIQ"
         )
@@ -435,6 +437,7 @@ def load_musiq(path: str | Path) -> Musiq:
         patch_size=patch,
         grid=grid,
         num_scales=_shape(sd, "transformer_encoder.scaleembed_input.scale_emb", path, what)[0],
+        stem_width=stem,
     )
     _load_strict(model, sd, path, what)
     return model.eval()

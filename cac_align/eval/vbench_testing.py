@@ -8,8 +8,8 @@ The checkpoints have the key names and layouts of the released files (see :mod:`
 a DINO ViT backbone state dict, a pyiqa-MUSIQ state dict, and RAFT in princeton-vl's original ``module.`` layout
 (converted from torchvision's ``raft_large`` by :func:`~cac_align.eval.vbench_nets.raft_state_dict_to_original`).
 ``tiny=True`` shrinks what the architectures let shrink: DINO to width 64 (one head), 2 blocks, MLP 256, keeping
-the 16-pixel patches and the 14 x 14 position grid; MUSIQ to width 64 (one head), 2 blocks, MLP 128, keeping the
-ResNet stem, 32-pixel patches, the 10 x 10 hash grid and 3 scales. RAFT's widths are fixed, so it is always full size.
+the 16-pixel patches and the 14 x 14 position grid; MUSIQ to width 64 (one head), 2 blocks, MLP 128 and a 32-channel
+stem (bottleneck to 128), keeping 32-pixel patches, the 10 x 10 hash grid and 3 scales. RAFT's widths are fixed, so it is always full size.
 Scores from random weights are meaningless; the loading and scoring code paths are the real ones.
 """
 
@@ -24,7 +24,7 @@ from cac_align.eval.vbench_nets import DINO_FILE, MUSIQ_FILE, RAFT_FILE, DinoViT
 from cac_align.utils import atomic_path
 
 TINY_DINO = {"dim": 64, "depth": 2, "num_heads": 1, "mlp_dim": 256}
-TINY_MUSIQ = {"dim": 64, "mlp_dim": 128, "num_heads": 1, "num_layers": 2}
+TINY_MUSIQ = {"dim": 64, "mlp_dim": 128, "num_heads": 1, "num_layers": 2, "stem_width": 32}
 
 
 def _randomize_embeddings(model: nn.Module) -> None:

@@ -21,24 +21,27 @@ sequence (frame ``j`` is the source frame on screen at time ``j / 4``, :mod:`cac
   the clean render (a defect that some frame would not show, e.g. behind another object, is re-sampled);
 * the box of frame ``j`` is the tight bounding box of the pixels where the defect render differs from the clean
   render at ``j / 4``, in Qwen's 0-1000 coordinates (pixel ``[x0, x1]`` -> ``floor(1000 x0 / W)``,
-  ``ceil(1000 (x1 + 1) / W)``). A teleport changes two separate places - where the entity went and where it should
-  be - and gets one tight box per place (parts at least 4 % of the width or height apart; App. B.1.3 allows several
-  boxes per instance). Departure from App. B.1.3: for a disappearance the paper boxes the last frame on which the
+  ``ceil(1000 (x1 + 1) / W)``). A teleport, or a ball rolling through a crate, changes two separate places - where
+  the entity is and where it should be - and gets one tight box per place (parts at least 4 % of the width or height
+  apart; App. B.1.3 allows several boxes per instance). Departure from App. B.1.3: for a disappearance the paper boxes the last frame on which the
   entity is visible; our ground truth is exact, so the box marks where the entity should be on every frame it is
   missing.
 
-Difficulty (CaC-Bench-Hard, App. A.1): each anomaly targets a duration group (< 1 s: 1-3 frames at 4 fps; >= 1 s:
-4-12 frames) and an area group (< 20 % / >= 20 %, area as in :mod:`cac_align.data.difficulty`); the sampler picks
-target, kind and magnitude and re-samples (up to a few tries) until the measured area falls in the target group, so
-all four groups occur. Saliency (Eq. 6's discount) follows a documented rule on the measured anomaly instead of the
-paper's verification rounds: an anomaly is **non-salient** when its contrast (mean over boxed frames of the mean
-absolute per-pixel change of the changed pixels, max over RGB, in [0, 1]) is below 0.25, or when it is both short
-(< 1 s) and small (area < 3 %); otherwise salient.
+Difficulty (CaC-Bench-Hard, App. A.1): each abnormal video targets a duration group (< 1 s: windows of 1-3 frames at
+4 fps; >= 1 s: 4-12 frames) and an area group (< 20 % / >= 20 %, rules of :mod:`cac_align.data.difficulty`); the
+sampler picks entity, kind and magnitude and re-draws (up to 12 tries) until the measured video falls in its target
+group, so all four groups occur (a short second anomaly stays inside the first one's window). Some kinds are small by
+nature (extra limbs, letters) and land in the < 20 % groups. Saliency (Eq. 6's discount) follows a rule on the
+measured anomaly instead of the paper's verification rounds: an anomaly is **non-salient** when its contrast (mean
+over the window's source frames of the mean change of the changed pixels, max over RGB, in [0, 1]) is below 0.25, or
+when it is both short (< 1 s) and small (area < 3 %); otherwise salient.
 
 Layout of ``OUT``: ``videos/000012.mp4`` (H.264, default 160x96, 16 fps, 4 s), ``manifest.jsonl`` (one
 :class:`~cac_align.schema.Annotation` per video, video paths relative to ``OUT``) and ``world.json`` (the generation
 parameters). Video ``i`` is sampled from ``numpy.random.default_rng([seed, i])`` alone, and videos come in pairs
-``(2k, 2k + 1)`` of which one is normal, so re-running skips existing videos without changing the others.
+``(2k, 2k + 1)`` of which one is normal, so re-running skips existing videos without changing the others. The frame
+rate must be a multiple of 4 so that every 4 fps frame is a source frame. Text uses Pillow's bundled font
+(``ImageFont.load_default(size=...)``, Pillow >= 10.1).
 """
 
 from __future__ import annotations
@@ -268,7 +271,7 @@ def render(scene: Scene, t: float, defects: Sequence[Defect] = ()) -> np.ndarray
             _draw_figure(img, scene.figure, t, mods)
         else:
             _draw_mover(img, scene.entity(target), t, mods)
-    return np.asarray(img)
+    return np.array(img)
 
 
 def render_frames(scene: Scene, defects: Sequence[Defect] = ()) -> np.ndarray:
@@ -709,6 +712,7 @@ def sample_scene(rng: np.random.Generator, size: tuple[int, int], seconds: float
         sign = Sign(word, x, ln, bw, bh, max(0.0, post_h), font_size, board, text, (90, 90, 95))
 
     bg = _background(rng, w, h, horizon, sky, ground)
+    bg.setflags(write=False)
     return Scene(w, h, seconds, fps, sky, ground, horizon, bg, tuple(movers), figure, sign)
 
 

@@ -314,6 +314,19 @@ def _run_vbench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------------------- data
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from cac_align.data.commands import add_parser  # a light module: the data tools import their deps when run
+
+    add_parser(sub)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from cac_align.data.commands import run
+
+    return run(args)
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 COMMANDS = {
     "demo": (_add_demo, _run_demo),
@@ -322,6 +335,7 @@ COMMANDS = {
     "score": (_add_score, _run_score),
     "bench": (_add_bench, _run_bench),
     "vbench": (_add_vbench, _run_vbench),
+    "data": (_add_data, _run_data),
 }
 
 

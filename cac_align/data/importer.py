@@ -157,6 +157,7 @@ class _Checker:
     def __init__(self, file: Path) -> None:
         self.file = str(file)
         self.problems: list[Problem] = []
+        self.unreadable = 0  # records too broken to read at all (bad JSON line, not an object, CSV row without video)
 
     def fail(self, row: int | None, fld: str, msg: str) -> None:
         self.problems.append(Problem(self.file, row, fld, msg, "error"))
@@ -213,6 +214,7 @@ def read_annotations(
         if ann is not None:
             result.annotations.append(ann)
             result.rows.append(rec.row)
+    result.num_records += check.unreadable
     result.problems = sorted(check.problems, key=lambda p: -1 if p.row is None else p.row)  # stable: file order
     return result
 
@@ -274,9 +276,11 @@ def _read_json(path: Path, check: _Checker) -> Iterator[_Record]:
                 items.append((lineno, json.loads(line)))
             except (ValueError, RecursionError) as e:
                 check.fail(lineno, "line", f"not valid JSON ({e})")
+                check.unreadable += 1
     for row, item in items:
         if not isinstance(item, dict):
             check.fail(row, "record", f"expected a JSON object, got {type(item).__name__}")
+            check.unreadable += 1
             continue
         yield _record_from_json(row, item, check)
 
@@ -386,11 +390,13 @@ def _read_csv(path: Path, check: _Checker) -> Iterator[_Record]:
                 continue
             if len(row_values) > len(cols):
                 check.fail(row, "row", f"{len(row_values)} cells for {len(cols)} columns")
+                check.unreadable += 1
                 continue
             r = {c: v.strip() for c, v in zip(cols, row_values, strict=False)}
             video = r.get("video", "")
             if not video:
                 check.fail(row, "video", "empty")
+                check.unreadable += 1
                 continue
             rec = by_video.get(video)
             first = rec is None
@@ -653,7 +659,10 @@ def _check_boxes(inst: _Instance, s: int | None, e: int | None, check: _Checker)
         if s is not None and e is not None and not s <= j <= e:
             check.fail(inst.row, fk, f"box on frame {j}, outside the instance's window [{s}, {e}]")
             ok = False
-        single = isinstance(value, (list, tuple)) and len(value) == 4 and not any(isinstance(c, list) for c in value)
+        # a flat list is one box (malformed or not); a list of lists is several boxes
+        single = (
+            isinstance(value, (list, tuple)) and bool(value) and not any(isinstance(c, (list, tuple)) for c in value)
+        )
         boxes = [value] if single else value
         if not isinstance(boxes, list) or not boxes:
             check.fail(inst.row, fk, f"expected a box or a non-empty list of boxes, got {value!r}")

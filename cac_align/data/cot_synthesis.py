@@ -199,8 +199,9 @@ def synthesize_cot(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path, rejects_path = out / "results.jsonl", out / "rejects.jsonl"
-    annotations = absolute_videos(read_manifest(manifest), manifest)
-    keys = [annotation_key(a) for a in read_manifest(manifest)]  # keys of the lines as written, not of abs paths
+    lines = read_manifest(manifest)
+    keys = [annotation_key(a) for a in lines]  # keys of the lines as written (stable when the folder moves)
+    annotations = absolute_videos(lines, manifest)
 
     done: dict[str, dict[str, Any]] = {}
     for rec in read_jsonl(results_path) + read_jsonl(rejects_path):

@@ -258,14 +258,40 @@ class MixedReward:
             raise ValueError(f"MixedReward: got {len(group_ids)} group_ids for {n} videos")
         groups = list(group_ids) if group_ids is not None else (list(prompts) if prompts is not None else None)
 
-        parts: dict[str, dict[str, list[float | None]]] = {}
         for name, comp in self.components.items():
             if comp.norm == "group" and groups is None:
                 raise ValueError(
                     f"MixedReward: component '{name}' uses norm='group' but neither prompts nor group_ids were given"
                 )
-            raw = _check_scores(name, comp.fn(videos, prompts, **kw), n)
-            parts[name] = {"raw": raw, "normalized": normalize_scores(raw, comp.norm, comp.range, groups, self.eps)}
+        raw = {name: _check_scores(name, comp.fn(videos, prompts, **kw), n) for name, comp in self.components.items()}
+        return self.combine(raw, groups)
+
+    def combine(self, raw: dict[str, Sequence[float | None]], groups: Sequence[Hashable] | None = None) -> MixedOutput:
+        """Normalise and average raw component scores computed elsewhere (e.g. gathered from several processes).
+
+        :meth:`score` is ``combine({name: comp.fn(videos, ...)}, groups)``; a distributed trainer scores its own
+        videos with each ``components[name].fn``, gathers the raw lists and calls this on the whole batch, so
+        batch and group statistics span every process.
+
+        Args:
+            raw: per component name (all of :attr:`components`), one score or None per video.
+            groups: one hashable group key per video; required when a component uses ``norm="group"``.
+
+        Returns:
+            A :class:`MixedOutput` (also kept in ``self.last_output``).
+        """
+        if set(raw) != set(self.components):
+            raise ValueError(f"MixedReward.combine: expected scores of {list(self.components)}, got {list(raw)}")
+        n = len(next(iter(raw.values())))
+        parts: dict[str, dict[str, list[float | None]]] = {}
+        for name, comp in self.components.items():
+            if comp.norm == "group" and groups is None:
+                raise ValueError(f"MixedReward: component '{name}' uses norm='group' but no groups were given")
+            scores = _check_scores(name, raw[name], n)
+            parts[name] = {
+                "raw": scores,
+                "normalized": normalize_scores(scores, comp.norm, comp.range, groups, self.eps),
+            }
 
         total: list[float | None] = []
         for i in range(n):

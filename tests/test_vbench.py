@@ -402,7 +402,8 @@ def test_official_backend_reports_an_interpreter_without_vbench(tmp_path, cache,
     assert "needs --vbench-python" in capsys.readouterr().err
     args += ["--backend", "official", "--vbench-python", sys.executable, "--dimensions", "imaging_quality"]
     assert main(args) == 1
-    assert "vbench is not importable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "vbench is not importable" in err and "No module named 'vbench'" in err  # not our own vbench.py
 
 
 def test_parse_official_results():
@@ -441,6 +442,17 @@ def test_parse_official_results():
         parse_official_results(
             {k: raw[k] for k in ("subject_consistency",)}, names, ["subject_consistency", "dynamic_degree"]
         )
+
+
+def test_evaluate_rejects_bad_requests(models):
+    with pytest.raises(ValueError, match="no videos"):
+        evaluate_vbench([], models)
+    with pytest.raises(ValueError, match="video_0: dynamic_degree needs the frame rate"):
+        evaluate_vbench([_frames(2, 128, 128)], models, dimensions=["dynamic_degree"])
+    with pytest.raises(ValueError, match="video_0: subject_consistency needs at least 2 frames"):
+        evaluate_vbench([_frames(1, 64, 64)], models, dimensions=["subject_consistency"], fps=8)
+    with pytest.raises(ValueError, match="at least 128 pixels"):
+        evaluate_vbench([_frames(2, 64, 64)], models, dimensions=["dynamic_degree"], fps=8)
 
 
 def test_check_dimensions():

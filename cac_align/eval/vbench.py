@@ -244,7 +244,9 @@ def _video_source(
     videos: Sequence[str | Path] | torch.Tensor | Sequence[torch.Tensor], fps: float | Sequence[float] | None
 ) -> tuple[list[str], list[tuple[str | Path | torch.Tensor, float | None]]]:
     """Names and ``(path or frames, fps)`` per video; file frames are decoded later, one video at a time."""
-    if isinstance(videos, torch.Tensor) or (len(videos) and isinstance(videos[0], torch.Tensor)):
+    if len(videos) == 0:
+        raise ValueError("no videos to score")
+    if isinstance(videos, torch.Tensor) or isinstance(videos[0], torch.Tensor):
         frames = as_video_list(videos)
         rates = list(fps) if isinstance(fps, Sequence) else [fps] * len(frames)
         if len(rates) != len(frames):
@@ -405,7 +407,8 @@ def evaluate_vbench_official(
     transformers 4.33 and numpy < 2, so it cannot share ours). The videos are linked as ``00000.mp4, ...`` into a
     temporary folder, ``VBENCH_CACHE_DIR`` points at ``weights_dir``, and ``vbench_official_runner.py`` (next to this
     module; it imports only ``vbench``) calls ``VBench.evaluate``. Subject consistency there also needs DINO's code
-    as ``dino_model/facebookresearch_dino_main/`` in the cache (VBench loads it with ``torch.hub``).
+    as ``dino_model/facebookresearch_dino_main/`` in the cache (VBench loads it with ``torch.hub``; the runner hands
+    DINO's hubconf the cache's ``dino_vitbase16_pretrain.pth`` instead of a download).
 
     Returns:
         The format of :func:`evaluate_vbench`, ``"backend": "official"``.
@@ -437,7 +440,7 @@ def evaluate_vbench_official(
             names_by_file[link.name] = str(v)
         cmd = [str(python), str(OFFICIAL_RUNNER), "--videos", str(video_dir), "--out", str(out_dir)]
         cmd += ["--dimensions", ",".join(dims), "--device", device]
-        env = dict(os.environ, VBENCH_CACHE_DIR=str(root))
+        env = dict(os.environ, VBENCH_CACHE_DIR=str(root.resolve()))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr)[-3000:]

@@ -318,7 +318,7 @@ def _add_import_sheet(sub: argparse._SubParsersAction) -> None:
         "import-sheet",
         help="filled expert sheet -> annotations and anomaly rate with a 95%% interval",
         description="Validate a filled sheet (every problem by row and column; an empty status is reported as not "
-        "annotated, never counted), print the expert anomaly rate of each group with a Wilson 95%% interval (Table "
+        "annotated, never counted), print the expert anomaly rate of each group with a Wilson 95% interval (Table "
         "2), and optionally write the annotations as a manifest and the rates as JSON.",
     )
     p.add_argument("sheet", help="the filled sheet.csv")

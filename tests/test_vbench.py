@@ -1,4 +1,4 @@
-"""VBench dimensions (App. C.4.1): weight loading in VBench's cache layout, the scoring rules on hand cases, the CLI."""
+"""VBench dimensions (App. C.4.1): loading VBench's cache layout, the scoring rules on hand cases, the CLI."""
 
 import importlib.util
 import json
@@ -32,6 +32,8 @@ from cac_align.eval.vbench_nets import (
     load_raft,
     musiq_input_positions,
     musiq_tokens,
+    raft_key_from_torchvision,
+    raft_key_to_torchvision,
     tf_same_pad,
 )
 from cac_align.eval.vbench_testing import build_tiny_vbench_weights
@@ -122,6 +124,14 @@ def test_raft_loader_puts_each_original_tensor_where_torchvision_expects_it(cach
     }
     for orig, name in pairs.items():
         assert torch.equal(raw[orig], tv[name]), (orig, name)
+
+
+def test_raft_name_mapping_round_trips_every_torchvision_key(models):
+    for key in models.raft.state_dict():
+        assert raft_key_to_torchvision(raft_key_from_torchvision(key)) == key
+    assert raft_key_to_torchvision("cnet.layer2.0.norm3.weight") is None  # the alias of downsample.1
+    with pytest.raises(KeyError):
+        raft_key_to_torchvision("update_block.gru.convw1.weight")
 
 
 def test_load_vbench_models_loads_only_what_the_dimensions_need(cache):

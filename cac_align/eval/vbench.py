@@ -1,7 +1,7 @@
-"""The three VBench dimensions of the paper's Table 2 (App. C.4.1), computed as VBench defines them, on our torch stack.
+"""The three VBench dimensions of the paper's Table 2 (App. C.4.1), computed as VBench defines them, on our stack.
 
     cac-align vbench runs/videos --weights ~/.cache/vbench --out runs/vbench                 # this implementation
-    cac-align vbench runs/videos --out runs/vbench-official --backend official --vbench-python ~/venvs/vbench/bin/python
+    cac-align vbench runs/videos --out runs/vbench-off --backend official --vbench-python ~/venvs/vbench/bin/python
 
 Weights are read from VBench's own cache layout (``VBENCH_CACHE_DIR``, default ``~/.cache/vbench``; files and
 layouts in :mod:`cac_align.eval.vbench_nets`), so a machine with a VBench cache needs nothing else. Videos are
@@ -90,7 +90,7 @@ def check_dimensions(dimensions: Sequence[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ subject consistency
 def dino_input_size(height: int, width: int, shorter: int = 224) -> tuple[int, int]:
-    """``torchvision.transforms.Resize(224)`` output size: shorter side 224, longer side ``int(224 * long / short)``."""
+    """``torchvision.transforms.Resize(224)`` output size: shorter side 224, longer ``int(224 * long / short)``."""
     if height <= width:
         return shorter, int(shorter * width / height)
     return int(shorter * height / width), shorter
@@ -185,7 +185,7 @@ def pad_to_multiple_of_8(x: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def flow_scores(frames: torch.Tensor, model: nn.Module, batch_size: int = 16) -> list[float]:
-    """Top-5 % RAFT flow magnitude of each consecutive pair of frames ``[F, 3, H, W]`` in [0, 1] -> ``F - 1`` values."""
+    """Top-5 % RAFT flow magnitude of each consecutive pair of frames ``[F, 3, H, W]`` in [0, 1]: ``F - 1`` values."""
     if frames.shape[0] < 2:
         return []
     device = next(model.parameters()).device

@@ -16,8 +16,9 @@ Files and the layout each loader expects (paths relative to the cache folder):
 ``pyiqa_model/musiq_spaq_ckpt-358bb6af.pth`` (:func:`load_musiq`)
     The state dict of pyiqa's ``MUSIQ`` with one output (SPAQ): ``conv_root.weight [64, 3, 7, 7]``,
     ``gn_root.{weight, bias}``, ``block1.{conv1, gn1, conv2, gn2, conv3, gn3, conv_proj, gn_proj}.*`` (a
-    bottleneck from the 64-channel stem to 256), ``embedding.{weight [D, 256 (P/4)^2], bias}``, ``transformer_encoder.{posembed_input.position_emb [1, G*G, D],
-    scaleembed_input.scale_emb [3, D], cls [1, 1, D], encoder_norm.*}``,
+    bottleneck from the 64-channel stem to 256), ``embedding.{weight [D, 256 (P/4)^2], bias}``,
+    ``transformer_encoder.{posembed_input.position_emb [1, G*G, D], scaleembed_input.scale_emb [3, D],
+    cls [1, 1, D], encoder_norm.*}``,
     ``transformer_encoder.transformer.encoderblock_{i}.{norm1, attention.{query, key, value, out}, norm2,
     mlp.{fc1, fc2}}.*`` and ``head.{weight [1, D], bias [1]}``. Released: D = 384, 14 blocks, MLP 1152, P = 32,
     G = 10; heads are ``D / 64``. The stem width (64) is read from ``conv_root.weight``.
@@ -480,24 +481,24 @@ def raft_key_to_torchvision(key: str) -> str | None:
 def raft_key_from_torchvision(key: str) -> str:
     """The original RAFT name (without ``module.``) of a torchvision ``raft_large`` key; inverse of
     :func:`raft_key_to_torchvision` (used to write test checkpoints in the original layout)."""
-    inverse = {
-        **{v: k for k, v in _ENCODERS.items()},
-        **{f"{v}.": f"{k}." for k, v in _STEM.items()},
-    }
+    encoders, stem, block = (_inverse(t) for t in (_ENCODERS, _STEM, _BLOCK))
     if m := re.fullmatch(r"(feature_encoder|context_encoder)\.(convnormrelu\.[01]|conv)\.(\w+)", key):
-        return f"{inverse[m[1]]}.{inverse[m[2] + '.']}{m[3]}"
+        return f"{encoders[m[1]]}.{stem[m[2]]}.{m[3]}"
     if m := re.fullmatch(r"(feature_encoder|context_encoder)\.(layer\d\.\d)\.(\w+\.\d)\.(\w+)", key):
-        block = {v: k for k, v in _BLOCK.items()}.get(m[3], m[3])
-        return f"{inverse[m[1]]}.{m[2]}.{block}.{m[4]}"
+        return f"{encoders[m[1]]}.{m[2]}.{block.get(m[3], m[3])}.{m[4]}"
     if m := re.fullmatch(r"update_block\.motion_encoder\.(\w+)\.0\.(\w+)", key):
-        return f"update_block.encoder.{ {v: k for k, v in _MOTION.items()}[m[1]] }.{m[2]}"
+        return f"update_block.encoder.{_inverse(_MOTION)[m[1]]}.{m[2]}"
     if m := re.fullmatch(r"update_block\.recurrent_block\.convgru([12])\.conv([zrq])\.(\w+)", key):
         return f"update_block.gru.conv{m[2]}{m[1]}.{m[3]}"
-    if m := re.fullmatch(r"update_block\.flow_head\.(conv[12])\.(\w+)", key):
+    if re.fullmatch(r"update_block\.flow_head\.conv[12]\.\w+", key):
         return key
     if m := re.fullmatch(r"mask_predictor\.(convrelu\.0|conv)\.(\w+)", key):
-        return f"update_block.mask.{ {v: k for k, v in _MASK.items()}[m[1]] }.{m[2]}"
+        return f"update_block.mask.{_inverse(_MASK)[m[1]]}.{m[2]}"
     raise KeyError(key)
+
+
+def _inverse(table: dict[str, str]) -> dict[str, str]:
+    return {v: k for k, v in table.items()}
 
 
 def raft_state_dict_to_original(tv_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

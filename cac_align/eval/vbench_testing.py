@@ -9,7 +9,8 @@ a DINO ViT backbone state dict, a pyiqa-MUSIQ state dict, and RAFT in princeton-
 (converted from torchvision's ``raft_large`` by :func:`~cac_align.eval.vbench_nets.raft_state_dict_to_original`).
 ``tiny=True`` shrinks what the architectures let shrink: DINO to width 64 (one head), 2 blocks, MLP 256, keeping
 the 16-pixel patches and the 14 x 14 position grid; MUSIQ to width 64 (one head), 2 blocks, MLP 128 and a 32-channel
-stem (bottleneck to 128), keeping 32-pixel patches, the 10 x 10 hash grid and 3 scales. RAFT's widths are fixed, so it is always full size.
+stem (bottleneck to 128), keeping 32-pixel patches, the 10 x 10 hash grid and 3 scales. RAFT's widths are fixed by its
+architecture, so it is always full size.
 Scores from random weights are meaningless; the loading and scoring code paths are the real ones.
 """
 

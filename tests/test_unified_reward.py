@@ -59,6 +59,13 @@ def videos():
     return torch.rand(2, 9, 3, 32, 48, generator=g)
 
 
+@pytest.fixture(scope="module")
+def reference(soft, videos):
+    """Soft scores of ``videos`` (computed once) and their per-dimension parts."""
+    scores = soft(videos, PROMPTS)
+    return scores, list(soft.last_scores)
+
+
 # ------------------------------------------------------------------------------------------------------- parsing
 def test_parse_scores_good_and_bad_answers():
     good = "Alignment Score (1-5): 4\nPhysics Score (1-5): 3.5\nStyle Score (1-5): 2.25"
@@ -91,12 +98,12 @@ def test_prefix_and_arguments():
 
 
 # ---------------------------------------------------------------------------------------------------- local model
-def test_round_trip_gives_identical_scores(ckpt, soft, videos, tmp_path):
+def test_round_trip_gives_identical_scores(soft, videos, reference, tmp_path):
     again = tmp_path / "copy"
     soft.model.save_pretrained(again)
     soft.processor.save_pretrained(again)
     reloaded = UnifiedReward.from_pretrained(again, soft=True, **SETTINGS)
-    assert reloaded(videos, PROMPTS) == soft(videos, PROMPTS)
+    assert reloaded(videos[:1], PROMPTS[:1]) == reference[0][:1]
 
 
 def test_hard_scores_are_none_and_counted_for_unparsable_answers(hard, videos, caplog):
@@ -112,11 +119,11 @@ def test_hard_scores_are_none_and_counted_for_unparsable_answers(hard, videos, c
     assert log["ur/none"] == 2.0 and log["ur/unparsable_total"] == float(hard.num_unparsable)
 
 
-def test_soft_score_is_digit_expectation_per_video(soft, videos):
-    scores = soft(videos, PROMPTS)
+def test_soft_score_is_digit_expectation_per_video(soft, videos, reference):
+    scores, last_scores = reference
     assert len(scores) == 2 and all(SCORE_RANGE[0] <= s <= SCORE_RANGE[1] for s in scores)
     assert scores[0] != scores[1]  # the score depends on the video and prompt
-    for s, per_dim in zip(scores, soft.last_scores, strict=True):
+    for s, per_dim in zip(scores, last_scores, strict=True):
         assert set(per_dim) == set(DIMENSIONS)
         assert s == pytest.approx(sum(per_dim.values()) / 3)
 
@@ -127,23 +134,23 @@ def test_soft_score_is_digit_expectation_per_video(soft, videos):
         logits = soft.model(**inputs).logits[0, -1]
     digit_ids = [soft.processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(1, 6)]
     p = torch.softmax(logits[digit_ids], -1)
-    assert soft.last_scores[0]["alignment"] == pytest.approx(float((p * torch.arange(1, 6)).sum()), abs=1e-5)
+    assert last_scores[0]["alignment"] == pytest.approx(float((p * torch.arange(1, 6)).sum()), abs=1e-5)
 
 
-def test_selected_dimensions_are_averaged(hard, soft, videos):
-    full = soft(videos, PROMPTS)
-    per_dim = soft.last_scores
+def test_selected_dimensions_are_averaged(hard, videos, reference):
+    full, per_dim = reference
     style = UnifiedReward(hard.model, hard.processor, soft=True, dimensions=("style",), **SETTINGS)
-    assert style(videos, PROMPTS) == pytest.approx([d["style"] for d in per_dim])
+    style_scores = style(videos, PROMPTS)
+    assert style_scores == pytest.approx([d["style"] for d in per_dim])
+    assert style_scores != full
     two = UnifiedReward(hard.model, hard.processor, soft=True, dimensions=("alignment", "physics"), **SETTINGS)
     assert two(list(videos), PROMPTS) == pytest.approx([(d["alignment"] + d["physics"]) / 2 for d in per_dim])
-    assert full != style(videos, PROMPTS)
 
 
-def test_inputs_as_list_of_different_lengths_and_as_files(soft, videos, tmp_path):
+def test_inputs_as_list_of_different_lengths_and_as_files(soft, videos, reference, tmp_path):
     short = videos[1, :5]
     scores = soft([videos[0], short], PROMPTS)
-    assert scores[0] == soft(videos, PROMPTS)[0]  # a video's score does not depend on its batch
+    assert scores[0] == reference[0][0]  # a video's score does not depend on its batch
     path = save_video(videos[0], tmp_path / "v.mp4", fps=16, crf=0)
     from_file = soft([path], PROMPTS[:1])[0]
     assert SCORE_RANGE[0] <= from_file <= SCORE_RANGE[1]
@@ -155,7 +162,7 @@ def test_inputs_as_list_of_different_lengths_and_as_files(soft, videos, tmp_path
 
 
 # -------------------------------------------------------------------------------------------- OpenAI-compatible
-def test_server_answers_match_local_model(service, hard, soft, videos):
+def test_server_answers_match_local_model(service, hard, soft, videos, reference):
     remote = UnifiedReward.from_server(service.url, "tiny-ur", max_concurrency=2, **SETTINGS)
     assert remote(videos, PROMPTS) == [None, None]
     local = hard(videos, PROMPTS)
@@ -165,7 +172,7 @@ def test_server_answers_match_local_model(service, hard, soft, videos):
     # soft scores through logprobs + continue_final_message; top_logprobs covers the byte vocabulary's digits
     vocab = len(soft.processor.tokenizer)
     remote_soft = UnifiedReward.from_server(service.url + "/v1", "tiny-ur", soft=True, top_logprobs=vocab, **SETTINGS)
-    assert remote_soft(videos, PROMPTS) == pytest.approx(soft(videos, PROMPTS), abs=1e-6)
+    assert remote_soft(videos, PROMPTS) == pytest.approx(reference[0], abs=1e-6)
 
 
 def test_chat_endpoint_speaks_the_openai_format(service):
@@ -228,8 +235,8 @@ def test_http_service_errors_and_health():
 
 
 # ------------------------------------------------------------------------------------------------- reward server
-def test_remote_reward_matches_local(service, soft, videos, tmp_path):
-    local = soft(videos, PROMPTS)
+def test_remote_reward_matches_local(service, soft, videos, reference, tmp_path):
+    local = reference[0]
     assert RemoteReward(service.url, dtype="float32")(videos, PROMPTS, fps=16) == local
     # uint8 transport: round(255 x) is what the judge's frames are made of anyway, so the scores are identical
     assert RemoteReward(service.url)(list(videos), PROMPTS) == local
@@ -241,10 +248,10 @@ def test_remote_reward_matches_local(service, soft, videos, tmp_path):
         RemoteReward(service.url)(videos)
 
 
-def test_serve_reward_service_from_checkpoint(ckpt, soft, videos):
+def test_serve_reward_service_from_checkpoint(ckpt, videos, reference):
     svc = build_reward_service(ckpt, "unified", port=0, model_name="ur", soft=True, **SETTINGS)
     with svc:
-        assert RemoteReward(svc.url)(videos, PROMPTS) == soft(videos, PROMPTS)
+        assert RemoteReward(svc.url)(videos[:1], PROMPTS[:1]) == reference[0][:1]
         remote = UnifiedReward.from_server(svc.url, "ur", **SETTINGS)
         assert remote(videos[:1], PROMPTS[:1]) == [None]
     with pytest.raises(ValueError, match="'cac' or 'unified'"):

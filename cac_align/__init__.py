@@ -4,3 +4,14 @@ Paper: "Concentrate and Concentrate" (CaC). Videos at every public boundary are 
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["CaCReward", "__version__"]
+
+
+def __getattr__(name: str):
+    """``cac_align.CaCReward`` is imported on first use (torch and transformers stay unloaded until then)."""
+    if name == "CaCReward":
+        from cac_align.reward.cac import CaCReward
+
+        return CaCReward
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

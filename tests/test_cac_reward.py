@@ -7,6 +7,7 @@ normal turn-2 JSON, then CaCReward must crop exactly the 8 fps frames of [0.5, 1
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -35,9 +36,9 @@ from cac_align.reward.chat import (
     render_conversation,
 )
 from cac_align.reward.prompts import single_turn_prompt, turn1_prompt, turn2_prompt
-from cac_align.reward.qwen import VIDEO_BLOCK, load_qwen3vl
+from cac_align.reward.qwen import VIDEO_BLOCK, chat_template, load_qwen3vl
 from cac_align.schema import STATUS_PREFIX, TAXONOMY, PredAnomaly, format_judgment, parse_judgment
-from cac_align.testing import build_tiny_cac, qwen3_tokenizer, qwen_vocab_available
+from cac_align.testing import build_tiny_cac, build_tiny_qwen3vl, qwen3_tokenizer, qwen_vocab_available
 from cac_align.video import Sampled, crop_clip, load_video, sample_frames, save_video
 
 FPS = 16.0
@@ -314,6 +315,22 @@ def test_sampling_is_configurable_and_seeded(reward):
     again = sampled.judge(video)
     assert first.turns[0].answer_ids == again.turns[0].answer_ids and first.reward == again.reward
     assert 0.0 <= first.reward <= 1.0
+
+
+def test_load_qwen3vl_round_trip(tmp_path):
+    path = build_tiny_qwen3vl(tmp_path / "q", seed=2, vocab="bytes")
+    model, proc = load_qwen3vl(path)
+    assert not model.training and proc.video_processor.cap_pixels_per_frame
+    assert proc.chat_template == chat_template()
+    again, _ = load_qwen3vl(path, dtype=torch.bfloat16)
+    assert again.dtype == torch.bfloat16
+    # a folder in the older layout (chat_template.json) keeps its own template
+    text = (path / "chat_template.jinja").read_text()
+    (path / "chat_template.jinja").unlink()
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": text + "{# own #}"}))
+    assert load_qwen3vl(path)[1].chat_template.endswith("{# own #}")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_qwen3vl(tmp_path)
 
 
 def test_import_cac_align_stays_light():

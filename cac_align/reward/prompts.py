@@ -116,7 +116,7 @@ def _format_block(item: dict[str, object], extra_rules: str = "") -> str:
             "anomalies": [item],
         },
         ensure_ascii=False,
-    )
+    ).replace(_BOX_PLACEHOLDER, "[xmin, ymin, xmax, ymax]")  # as in Fig. S5: the values are integers
     return (
         "Output format. Output exactly one valid JSON object and nothing else: no Markdown code block, no text before "
         f"or after it. Its structure is:\n{example}\n{_NORMAL_RULES}{extra_rules}\nBegin your analysis."
@@ -129,6 +129,9 @@ _ITEM_BASE: dict[str, object] = {
     "Reason for Anomaly": "a concrete description naming the object and the specific phenomenon",
     "Problem Region": "a description of where the problem is",
 }
+
+_BOX_PLACEHOLDER = '["xmin", "ymin", "xmax", "ymax"]'
+_BOX = ["xmin", "ymin", "xmax", "ymax"]
 
 _BOX_RULES = (
     '\nRules for "BBOX": the keys are frame numbers such as "Frame 0"; each value is an integer box '
@@ -183,7 +186,7 @@ def turn2_prompt(
     source = f" (Frames {window[0]}-{window[1]} of the sequence you analysed)" if window is not None else ""
     last = num_frames - 1
     item = {**_ITEM_BASE, "Attributed Time Region": f"the frame range, by default the whole clip: Frame 0-{last}"}
-    item["BBOX"] = {"Frame 0": ["xmin", "ymin", "xmax", "ymax"], "Frame 1": ["xmin", "ymin", "xmax", "ymax"]}
+    item["BBOX"] = {"Frame 0": _BOX, "Frame 1": _BOX}
     box_rules = (
         _BOX_RULES
         + f" The BBOX of an anomaly must cover every clip frame, Frame 0 to Frame {last}, and must not omit any frame."
@@ -204,7 +207,7 @@ def single_turn_prompt(video_prompt: str | None, num_frames: int, fps: float = 4
     _check(num_frames, fps)
     item = {
         **_ITEM_BASE,
-        "BBOX": {"Frame 4": ["xmin", "ymin", "xmax", "ymax"], "Frame 5": ["xmin", "ymin", "xmax", "ymax"]},
+        "BBOX": {"Frame 4": _BOX, "Frame 5": _BOX},
     }
     box_rules = _BOX_RULES + " The BBOX of an anomaly must cover every frame of its Attributed Time Region."
     return (

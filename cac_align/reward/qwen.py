@@ -10,6 +10,7 @@ built (see the project's API notes).
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,8 @@ def build_processor(tokenizer, chat_template_text: str | None = None, **video_ov
 
 def load_processor(path: str | Path):
     """Reload a processor saved by ``Qwen3VLProcessor.save_pretrained`` part by part (tokenizer, video and image
-    processors, chat template). A folder without a chat template gets :func:`chat_template`."""
+    processors, chat template from ``chat_template.jinja`` or ``chat_template.json``). A folder without a chat
+    template gets :func:`chat_template`."""
     from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
     path = Path(path)
@@ -129,8 +131,11 @@ def load_processor(path: str | Path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     video_processor = Qwen3VLVideoProcessor.from_pretrained(path)
     image_processor = Qwen2VLImageProcessor.from_pretrained(path)
-    template_file = path / "chat_template.jinja"
-    template = template_file.read_text(encoding="utf-8") if template_file.is_file() else chat_template()
+    template = chat_template()
+    if (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (path / "chat_template.json").is_file():  # the layout of older releases
+        template = json.loads((path / "chat_template.json").read_text(encoding="utf-8"))["chat_template"]
     return Qwen3VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=template
     )

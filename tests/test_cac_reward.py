@@ -95,6 +95,7 @@ def test_status_tokens_walk_past_a_shared_start():
         ('  {"COT": "cut short', '{"COT": "cut short", "status": "'),
         ('{"COT": "cut inside an escape \\', '{"COT": "cut inside an escape ", "status": "'),
         ('{"COT": "cut inside \\u00', '{"COT": "cut inside ", "status": "'),
+        ('{"COT": "line 1\nline 2', '{"COT": "line 1\nline 2", "status": "'),
         ("garbage", CANONICAL_PREFIX),
         ("", CANONICAL_PREFIX),
     ],

@@ -10,8 +10,14 @@ of all its windows is used, its end clamped to the last frame), the window is cu
 :mod:`cac_align.video` (:func:`~cac_align.video.crop_clip`), resampled at 8 fps and sent as turn 2 in the same
 conversation; turn 2's answer is final, and unless it confirms "abnormal" the video is normal. Otherwise turn 1 is
 final: a normal answer, an abnormal one without a usable window (kept abnormal), or an answer without a status. The
-single-turn mode of the ablation (Tab. S5) asks for windows and boxes in one answer. All videos of a call go through
-each turn together (left-padded batches), and a video's score does not depend on what else is in its batch.
+single-turn mode of the ablation (Tab. S5, "w/o Inference Strategy", which the paper retrains for that format) asks
+for windows and boxes in one answer.
+
+Batching. All videos of a call go through each turn together (``batch_size`` caps a batch), left-padded; Qwen3-VL
+derives its M-RoPE positions from the attention mask, so padding moves no position (tested), and a video's score does
+not depend on what else is in its batch up to float rounding (the same row in a batch of another shape differs by
+~1e-7 in its logits, from the kernels' summation order; with or without padding). Turn 2 re-encodes turn 1's context
+(no KV-cache reuse across turns).
 
 Scalar reward (Eq. 7). ``R = P_norm / (P_norm + P_abn)``, the probabilities of "normal" and "abnormal" in the
 next-token distribution at the status value of the final turn's answer, i.e. right after ``"status": "``. The two
@@ -145,8 +151,9 @@ def status_context(text: str) -> str:
 
 
 def _valid_json_string(literal: str) -> bool:
+    """Whether ``"literal"`` decodes as a JSON string (raw control characters allowed, as models write them)."""
     try:
-        json.loads('"' + literal + '"')
+        json.loads('"' + literal + '"', strict=False)
     except ValueError:
         return False
     return True

@@ -248,3 +248,11 @@ def build_tiny_cac(path: str | Path, seed: int = 0, vocab: Vocab = "auto", **set
     path = build_tiny_qwen3vl(path, seed=seed, vocab=vocab)
     (path / CAC_SETTINGS_FILE).write_text(json.dumps({"max_new_tokens": 48, **settings}, indent=2) + "\n")
     return path
+
+
+def build_tiny_vbench_weights(root: str | Path, *, tiny: bool = True, seed: int = 0) -> dict[str, Path]:
+    """Random weights of the real VBench architectures in VBench's cache layout (see
+    :func:`cac_align.eval.vbench_testing.build_tiny_vbench_weights`)."""
+    from cac_align.eval.vbench_testing import build_tiny_vbench_weights as build
+
+    return build(root, tiny=tiny, seed=seed)

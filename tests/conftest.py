@@ -1,9 +1,12 @@
-"""Shared test setup: gpu tests skip without CUDA; torch uses few threads on the 2-core CI machines."""
+"""Shared test setup: gpu tests skip without CUDA; torch runs on one thread.
+
+The models in tests are tiny: one thread is as fast as two for them and does not fight other processes (the
+2-process gloo tests, the loopback servers) for the 2 CI cores."""
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

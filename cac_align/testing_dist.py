@@ -56,9 +56,11 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, port: int, args:
         result = fn(rank, world_size, *args)
         with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
             pickle.dump(result, f)
-        dist.barrier()
+        if dist.is_initialized():  # fn may have ended the group itself (accelerate's end_training does)
+            dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def run_distributed(

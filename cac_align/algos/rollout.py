@@ -154,6 +154,7 @@ def sample_answers(
     max_new_tokens: int,
     temperature: float = 1.0,
     max_batch: int | None = None,
+    min_new_tokens: int = 0,
 ) -> list[Answer]:
     """Sample one answer per context with pure temperature sampling (no top-k/top-p), left-padded batches.
 
@@ -164,6 +165,8 @@ def sample_answers(
         max_new_tokens: token budget of each answer.
         temperature: sampling temperature ``T`` (> 0).
         max_batch: most contexts per ``generate`` call (None: all in one).
+        min_new_tokens: for timing runs only: ``<|im_end|>`` is masked until this many tokens exist, so the
+            recorded log-probs are then no longer those of the policy.
 
     Returns:
         One :class:`Answer` per context, cut after its first ``<|im_end|>``.
@@ -177,6 +180,7 @@ def sample_answers(
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=True,
         temperature=temperature,
         top_k=0,

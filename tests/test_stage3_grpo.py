@@ -32,7 +32,7 @@ from cac_align.reward.prompts import turn2_prompt
 from cac_align.reward.qwen import IM_END, VIDEO_PAD, load_qwen3vl, vision_token_ids
 from cac_align.rewards import rollout_reward
 from cac_align.schema import PredAnomaly, format_judgment, parse_judgment, read_manifest
-from cac_align.testing import build_tiny_cac
+from cac_align.testing import build_tiny_cac, qwen3_tokenizer
 from cac_align.testing_dist import run_distributed
 from cac_align.video import crop_clip
 
@@ -378,3 +378,24 @@ def test_two_process_run(world, tmp_path):
     ckpt = load_file(tmp_path / "checkpoints" / "step_00000002" / "model.safetensors")
     final = load_file(tmp_path / "final" / "model.safetensors")
     assert all(torch.equal(final[k], ckpt[k]) for k in final)
+
+
+# --------------------------------------------------------------------------------------------------------- benchmark
+def test_benchmark_runs_tiny_and_builds_the_8b_config(tmp_path):
+    """benchmarks/stage3_step.py --tiny must keep working (the only runnable copy of the GPU benchmark)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    bench = runpy.run_path(str(REPO / "benchmarks" / "stage3_step.py"))
+    out = tmp_path / "bench.json"
+    result = bench["main"](["--tiny", "--warmup", "0", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    step = result["step"]
+    assert step["videos_per_rollout"] == 2 and step["seconds_step"] > 0
+    assert step["generated_tokens_per_rollout"] == 8 + 6  # fixed lengths; the closing <|im_end|>s carry no loss
+    # the GPU setting's architecture: Qwen3-VL-8B's published sizes, built on the meta device (no memory)
+    config = bench["_qwen3_vl_8b_config"](qwen3_tokenizer("bpe"))
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    n = sum(p.numel() for p in model.parameters())
+    assert 8.5e9 < n < 9.0e9, n
+    assert config.text_config.num_hidden_layers == 36 and config.vision_config.deepstack_visual_indexes == [8, 16, 24]

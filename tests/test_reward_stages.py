@@ -207,6 +207,9 @@ def test_cot_comes_from_the_manifest_for_the_view_it_was_written_for(world):
         got = parse_judgment(s.answers[1], turn=2).cot
         assert (got == want) if want else ("Human Distortion" in got and "an extra arm" in got)
         assert s.cot_source == ("manifest" if want else "template")
+    other_rate = replace(ann, meta={"cot_synthesis": {"turn2_window": [2, 3], "clip_fps": 16.0}})
+    resampled, _ = stage2_samples([other_rate, normal], seed=0, videos=False, clips_per_video=3)
+    assert all(s.cot_source == "template" for s in resampled if s.status == "abnormal")
     frames, _ = stage1_samples([ann, normal], frames_per_video=1)
     assert parse_judgment(frames[0].answers[0], turn=2).cot == "COT OF A FRAME"
     # without a manifest CoT: the template names the scene, the type and where it is
@@ -313,6 +316,35 @@ def test_loss_falls_when_overfitting_a_few_samples(world, tiny, stage):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("script", "configs"),
+    [
+        (STAGE1, ["reward/configs/stage1.yaml", "reward/configs/tiny/stage1.yaml"]),
+        (STAGE2, ["reward/configs/stage2.yaml", "reward/configs/tiny/stage2.yaml"]),
+    ],
+)
+def test_presets_and_accelerate_configs_load(script, configs):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from cac_align.config import load_config
+
+    recipe = runpy.run_path(str(script), run_name="recipe")
+    schema = recipe["Stage1Config" if script == STAGE1 else "Stage2Config"]
+    paper, small = (load_config(schema, ["--config", str(REPO / c)]) for c in configs)
+    assert (paper.train.lr, paper.lora.rank) == (1e-4, 32)
+    assert paper.lora.enabled == (script == STAGE1)  # LoRA warmup, then full-parameter SFT
+    assert paper.train.max_steps == (9330 if script == STAGE1 else 7000)
+    assert small.init_from == "tiny" if script == STAGE1 else small.init_from.endswith("stage1/final")
+    for c in configs:  # the first line is the launch command
+        assert (REPO / c).read_text().splitlines()[0].startswith(("# accelerate launch", "# python reward/"))
+    for name in ("1gpu", "8gpu_ddp", "zero2", "zero3"):
+        cluster = load_config_from_file(str(REPO / "reward/configs/accelerate" / f"{name}.yaml"))
+        assert cluster.num_processes == (1 if name == "1gpu" else 8)
+        if name.startswith("zero"):
+            ds = json.loads((REPO / cluster.deepspeed_config["deepspeed_config_file"]).read_text())
+            assert ds["zero_optimization"]["stage"] == int(name[-1])
+
+
 def _run(script: Path, config: str, *overrides: str):
     return runpy.run_path(str(script), run_name="recipe")["main"](["--config", str(REPO / config), *overrides])
 
@@ -335,6 +367,7 @@ def test_recipes_stage1_then_stage2_write_checkpoints_cacreward_loads(world, tmp
         f"data.manifest={world / 'splits' / 'stage1.jsonl'}",
         "train.max_steps=2",
         "train.save_every=1",
+        "train.gradient_checkpointing=true",  # with LoRA: the frozen embeddings must pass gradients on
         "log.every=1",
     )
     assert final1 == out1 / "final"
@@ -359,41 +392,48 @@ def test_recipes_stage1_then_stage2_write_checkpoints_cacreward_loads(world, tmp
         f"init_from={final1}",
         f"data.manifest={world / 'splits' / 'stage2.jsonl'}",
         "train.max_steps=2",
+        "save_dtype=bfloat16",
         "log.report_to=none",
     )
     assert 0.0 <= _score(final2, world) <= 1.0
     before, after = load_file(final1 / "model.safetensors"), load_file(final2 / "model.safetensors")
-    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])  # full fine-tuning reaches the head
-    assert not torch.equal(
-        before["model.visual.patch_embed.proj.weight"], after["model.visual.patch_embed.proj.weight"]
+    assert {v.dtype for v in after.values()} == {torch.bfloat16}
+    assert json.loads((final2 / "config.json").read_text())["dtype"] == "bfloat16"
+    for k in ("lm_head.weight", "model.visual.patch_embed.proj.weight"):  # full fine-tuning reaches every part
+        assert not torch.equal(before[k].to(torch.bfloat16), after[k])
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_equals_uninterrupted_run(world, tiny, tmp_path, stage):
+    script, config = (
+        (STAGE1, "reward/configs/tiny/stage1.yaml") if stage == 1 else (STAGE2, "reward/configs/tiny/stage2.yaml")
     )
-
-
-def test_resume_equals_uninterrupted_run(world, tmp_path):
     common = [
-        f"data.manifest={world / 'splits' / 'stage1.jsonl'}",
+        f"data.manifest={world / 'splits' / f'stage{stage}.jsonl'}",
         "train.max_steps=4",
         "train.grad_accum=2",
         "train.batch_size=1",
         "train.save_every=100",
-        "lora.dropout=0.1",  # random draws in every step: the RNG state must be restored too
         "log.report_to=none",
     ]
-    whole = _run(STAGE1, "reward/configs/tiny/stage1.yaml", f"output_dir={tmp_path / 'a'}", *common)
+    if stage == 1:  # LoRA: only the adapters are in the checkpoints; dropout draws random numbers in every step
+        common.append("lora.dropout=0.1")
+    else:  # full fine-tuning from a checkpoint folder
+        common.append(f"init_from={tiny}")
+    whole = _run(script, config, f"output_dir={tmp_path / 'a'}", *common)
     parts = tmp_path / "b"
-    assert (
-        _run(STAGE1, "reward/configs/tiny/stage1.yaml", f"output_dir={parts}", *common, "train.stop_at_step=2") is None
-    )
+    assert _run(script, config, f"output_dir={parts}", *common, "train.stop_at_step=2") is None
     assert not (parts / "final").exists() and (parts / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
     with pytest.raises(SystemExit, match="resume=true"):
-        _run(STAGE1, "reward/configs/tiny/stage1.yaml", f"output_dir={parts}", *common)
-    resumed = _run(STAGE1, "reward/configs/tiny/stage1.yaml", f"output_dir={parts}", *common, "resume=true")
+        _run(script, config, f"output_dir={parts}", *common)
+    resumed = _run(script, config, f"output_dir={parts}", *common, "resume=true")
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ada, adb = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (tmp_path / "a", parts))
-    assert all(torch.equal(ada[k], adb[k]) for k in ada)
-    init = load_file(tmp_path / "a" / "init" / "model.safetensors")
+    init = load_file((tmp_path / "a" / "init" if stage == 1 else tiny) / "model.safetensors")
     assert any(not torch.equal(a[k], init[k]) for k in a)  # it did train
+    if stage == 1:
+        ada, adb = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (tmp_path / "a", parts))
+        assert all(torch.equal(ada[k], adb[k]) for k in ada)
 
 
 def _two_rank_stage2(rank: int, world_size: int, world: str, init: str, out: str) -> list[str]:

@@ -364,11 +364,14 @@ def _clip_windows(ann: Annotation, n: int, max_frames: int) -> list[tuple[int, i
     return out
 
 
-def _cot_window(ann: Annotation, n: int, max_frames: int) -> tuple[int, int] | None:
-    """The window ``cot["turn2"]`` was written for (module doc), or None without one."""
+def _cot_window(ann: Annotation, n: int, max_frames: int, clip_fps: float) -> tuple[int, int] | None:
+    """The window ``cot["turn2"]`` was written for (module doc), or None without one or when it was written for
+    clips at another rate (its frame numbers would not match)."""
     if _cot(ann, "turn2") is None:
         return None
     synth = ann.meta.get("cot_synthesis")
+    if isinstance(synth, dict) and synth.get("clip_fps", clip_fps) != clip_fps:
+        return None
     if isinstance(synth, dict) and isinstance(synth.get("turn2_window"), list) and len(synth["turn2_window"]) == 2:
         return (int(synth["turn2_window"][0]), int(synth["turn2_window"][1]))
     from cac_align.data.cot_synthesis import turn2_window
@@ -478,7 +481,7 @@ def stage2_samples(
         if not windows:
             stats.skip(f"no window of <= {clip_max_frames} frames covering an anomaly")
             continue
-        cot_window = _cot_window(ann, n, clip_max_frames)
+        cot_window = _cot_window(ann, n, clip_max_frames, clip_fps)
         chosen = rng.sample(windows, min(clips_per_video, len(windows)))
         if cot_window in windows:  # the window the manifest's turn-2 CoT describes comes first
             chosen = [cot_window] + [w for w in chosen if w != cot_window][: clips_per_video - 1]

@@ -51,24 +51,32 @@ def _run_synth(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job on the built-in tiny default (CPU, minutes)",
-        description="The whole pipeline at tiny scale on the built-in synthetic anomaly world. Today: render the "
-        "synthetic world and summarise it. Tiny random models produce meaningless scores; see README for real use.",
+        help="run the whole pipeline on the built-in tiny default (CPU, a few minutes) and write OUT/report.html",
+        description="The whole CaC pipeline at tiny scale on CPU: synthetic anomaly data, a short three-stage reward "
+        "training, two-turn scoring with rendered evidence, Best-of-N and a few Flow-GRPO steps with the mixed "
+        "UnifiedReward + CaC reward, the anomaly-judge benchmark and the three VBench dimensions, ending in one HTML "
+        "report (OUT/report.html). Tiny random models produce meaningless scores; the report shows how to run each "
+        "stage on real checkpoints. A rerun on the same OUT skips the steps already done. Needs a cac-align checkout "
+        "(the recipes in reward/ and generators/).",
     )
     p.add_argument("out", nargs="?", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--num-videos", type=int, default=24, help="synthetic videos to render (default 24)")
+    p.add_argument("--num-videos", type=int, default=24, help="synthetic training videos to render (default 24)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from cac_align.demo import DemoError, run_demo
 
-    from cac_align.data.synthetic import generate, summarize
-
-    out = Path(args.out)
-    print(f"[demo] 1/1 synthetic anomaly world -> {out / 'data'}")
-    manifest = generate(out / "data", num_videos=args.num_videos, seed=args.seed)
-    print(summarize(manifest))
+    if args.num_videos < 12:
+        print(
+            f"demo: --num-videos must be >= 12 (three balanced stage splits), got {args.num_videos}", file=sys.stderr
+        )
+        return 2
+    try:
+        run_demo(args.out, seed=args.seed, num_videos=args.num_videos)
+    except DemoError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,8 +29,6 @@ the defaults of Wan-2.1) and a fixed seed per candidate (``seed * 2**32 + index 
 regenerated alone. Ties go to the lowest candidate index.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil

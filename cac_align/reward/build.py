@@ -12,7 +12,7 @@ UnifiedReward and CaC scores::
 
 Names are the reward kinds themselves (one component per kind): ``unified``
 (:class:`~cac_align.reward.unified.UnifiedReward`), ``cac`` (:class:`~cac_align.reward.cac.CaCReward`),
-``brightness`` and ``color`` (:mod:`cac_align.reward.simple`).
+``brightness``, ``color`` and ``reference`` (:mod:`cac_align.reward.simple`).
 """
 
 from __future__ import annotations
@@ -28,15 +28,16 @@ import torch
 
 from cac_align.reward.mixed import Component, MixedReward, Norm, RewardFn
 from cac_align.reward.remote import RemoteReward
-from cac_align.reward.simple import Brightness, ColorTarget
+from cac_align.reward.simple import Brightness, ColorTarget, ReferenceVideo
 from cac_align.train.dist import barrier, is_main_process
 
-REWARD_KINDS: tuple[str, ...] = ("unified", "cac", "brightness", "color")
+REWARD_KINDS: tuple[str, ...] = ("unified", "cac", "brightness", "color", "reference")
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "unified": (1.0, 5.0),
     "cac": (0.0, 1.0),
     "brightness": Brightness.score_range,
     "color": ColorTarget.score_range,
+    "reference": ReferenceVideo.score_range,
 }
 """Declared score range of each kind (used by ``norm: range``), also for a remote component."""
 
@@ -60,7 +61,7 @@ class RewardSpec:
     # Weights dtype of a local model reward: bfloat16 | float16 | float32; null = the checkpoint's.
     dtype: str | None = None
     # Keyword settings of the reward class, e.g. {soft: true} (unified), {max_new_tokens: 1024} (cac), {rgb: [1, 0, 0]}
-    # (color); with url, those of the client (RemoteReward: dtype, timeout, api_key).
+    # (color), {path: ref.mp4} (reference); with url, those of the client (RemoteReward: dtype, timeout, api_key).
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +103,8 @@ def build_reward(
         return Brightness(**spec.settings)
     if name == "color":
         return ColorTarget(**spec.settings)
+    if name == "reference":
+        return ReferenceVideo(**spec.settings)
     if spec.path is None:
         raise ValueError(f"reward.components.{name}: needs path (a checkpoint folder, or 'tiny') or url")
     path = Path(spec.path)

@@ -158,3 +158,12 @@ def test_bad_outputs_and_specs_raise():
         MixedReward({"a": table_reward([])})
     with pytest.raises(ValueError, match="2 prompts for 4 videos"):
         MixedReward({"a": Component(table_reward([1.0] * 4))})(VIDEOS, ["a", "b"])
+
+
+def test_public_names_resolve_lazily():
+    import cac_align.reward as r
+
+    for name in r.__all__:
+        assert getattr(r, name).__name__ == name
+    with pytest.raises(AttributeError):
+        r.NotAReward  # noqa: B018

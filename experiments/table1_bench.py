@@ -30,8 +30,6 @@ one. UnifiedReward's threshold is a setting (3 by default: below the middle of i
 give the one it used.
 """
 
-from __future__ import annotations
-
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -45,8 +45,6 @@ the UR-only Best-of-N was run; here one video per evaluation prompt and method, 
 the same candidates. The CaC-predicted rate is ours (the paper reports the expert rate only).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil

@@ -26,8 +26,6 @@ seconds of one video at the configured size and steps. The paper's UnifiedReward
 printed from the paper only.
 """
 
-from __future__ import annotations
-
 import statistics
 import time
 from dataclasses import dataclass, field

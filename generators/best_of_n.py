@@ -7,6 +7,8 @@ the candidate with the highest mixed score. Launch (prompts are sharded over the
     accelerate launch --config_file generators/configs/accelerate/8gpu.yaml generators/best_of_n.py \
         --config generators/configs/best_of_n_wan2.1_1.3b.yaml prompts=prompts.txt output_dir=runs/bon
     python generators/best_of_n.py --config generators/configs/tiny/best_of_n.yaml output_dir=runs/bon_tiny  # CPU
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 generators/best_of_n.py --config generators/configs/tiny/best_of_n.yaml \
+        output_dir=runs/bon_tiny_2proc                                # 2 CPU processes (accelerate launch --cpu runs 1)
 
 Tuned for: one 80 GB GPU per process at 480x832, 81 frames (Wan-2.1-1.3B in bf16, the reward models on the same GPU
 or behind ``reward.components.<name>.url``). ``python generators/best_of_n.py --help`` lists every setting.
@@ -89,7 +91,7 @@ class SampleConfig:
 
 @dataclass
 class RewardConfig:
-    # The reward mix: {name: RewardSpec}, names from unified, cac, brightness, color (cac_align.reward.build).
+    # The reward mix: {name: RewardSpec}, names from unified, cac, brightness, color, reference (cac_align.reward.build).
     components: dict[str, RewardSpec] = field(
         default_factory=lambda: {
             "unified": RewardSpec(weight=1.0, norm="group", path="UnifiedReward-2.0-qwen3vl-8b"),

@@ -9,6 +9,8 @@ with its LoRA disabled: no second copy of the weights). Launch::
     accelerate launch --config_file generators/configs/accelerate/8gpu.yaml generators/flow_grpo.py \
         --config generators/configs/flow_grpo_wan2.1_1.3b.yaml prompts=train_prompts.txt output_dir=runs/grpo
     python generators/flow_grpo.py --config generators/configs/tiny/flow_grpo.yaml output_dir=runs/grpo_tiny  # CPU
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 generators/flow_grpo.py --config generators/configs/tiny/flow_grpo.yaml \
+        output_dir=runs/grpo_tiny_2proc                                # 2 CPU processes (accelerate launch --cpu runs 1)
 
 The paper's run (App. C.4) took 32 H200s for 120 steps: 480x832, 81 frames, 50 steps, noise level 0.3, group 16,
 batch 2 per GPU (4 prompts = 64 videos per step), LoRA rank 32. ``--help`` lists every setting.
@@ -39,13 +41,12 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import gather_object, set_seed
 
 from cac_align.algos.flow_grpo import (
@@ -63,6 +64,7 @@ from cac_align.generators.wan import add_lora, decode_latents, encode_prompts, l
 from cac_align.reward.build import RewardSpec, build_mixed_reward
 from cac_align.reward.mixed import MixedOutput, MixedReward
 from cac_align.train.checkpoint import latest_checkpoint, resume_latest, save_checkpoint
+from cac_align.train.dist import get_world_size
 from cac_align.train.logging import MetricLogger, Timer, progress
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -82,7 +84,7 @@ class ModelConfig:
     lora_rank: int = 32
     # LoRA alpha (the update is scaled by alpha / rank).
     lora_alpha: float = 64.0
-    # Recompute activations in the backward pass (less memory, ~30% slower training).
+    # Recompute activations in the backward pass (less memory, slower training).
     gradient_checkpointing: bool = False
 
 
@@ -158,7 +160,7 @@ class TrainConfig:
 
 @dataclass
 class RewardConfig:
-    # The reward mix: {name: RewardSpec}, names from unified, cac, brightness, color (cac_align.reward.build).
+    # The reward mix: {name: RewardSpec}, names from unified, cac, brightness, color, reference (cac_align.reward.build).
     components: dict[str, RewardSpec] = field(
         default_factory=lambda: {
             "unified": RewardSpec(weight=1.0, norm="group", path="UnifiedReward-2.0-qwen3vl-8b"),
@@ -322,6 +324,11 @@ def score(
     return reward.combine(raw, gather_object(list(group_ids)))
 
 
+def backwards_per_update(videos_per_minibatch: int, batch_size: int, num_train_steps: int) -> int:
+    """Backward passes per optimizer update: one per chunk of ``batch_size`` videos and trained SDE step."""
+    return (videos_per_minibatch // batch_size) * num_train_steps
+
+
 def update(
     model: torch.nn.Module,
     traj: Trajectory,
@@ -343,33 +350,37 @@ def update(
 ) -> dict[str, float]:
     """Optimizer updates on this process's videos: the Flow-GRPO loss over ``train_steps`` (positions in the SDE steps).
 
-    The videos are split into ``num_minibatches`` minibatches, one optimizer update each; within a minibatch the
-    loss is accumulated over chunks of ``batch_size`` videos and the trained steps (one forward/backward each),
-    weighted to the mean over videos and steps. ``reference_mean(traj_chunk, k)`` gives the reference model's mean
-    of step ``k`` (needed when ``beta > 0``).
+    The videos are split into ``num_minibatches`` minibatches, one optimizer update each. Within a minibatch the loss
+    is accumulated over chunks of ``batch_size`` videos and the trained steps, one forward/backward each, inside
+    ``acc.accumulate``: ``acc`` must be built with ``gradient_accumulation_steps`` equal to that count
+    (:func:`backwards_per_update`), so accelerate averages the losses, skips the gradient all-reduce until the last
+    backward (DDP) and steps the optimizer once (also under DeepSpeed). ``reference_mean(traj_chunk, k)`` gives the
+    reference model's mean of step ``k`` (needed when ``beta > 0``).
 
     Returns:
         Scalars averaged over every forward (``ratio_min``/``ratio_max``: extremes), plus ``grad_norm`` and ``lr``.
     """
     n = traj.batch_size
     per_mb = n // num_minibatches
+    backwards = backwards_per_update(per_mb, batch_size, len(train_steps))
+    if acc.gradient_accumulation_steps != backwards:
+        raise ValueError(
+            f"the Accelerator accumulates {acc.gradient_accumulation_steps} backward passes per update, this update "
+            f"makes {backwards} ({per_mb} videos / batch {batch_size} x {len(train_steps)} steps)"
+        )
     sums: dict[str, float] = {}
     count = 0
     ratio_min, ratio_max, grad_norms = math.inf, -math.inf, []
     for mb in range(num_minibatches):
-        chunks = list(range(mb * per_mb, (mb + 1) * per_mb, batch_size))
-        backwards = len(chunks) * len(train_steps)
-        done = 0
-        for start in chunks:
+        for start in range(mb * per_mb, (mb + 1) * per_mb, batch_size):
             sub = traj.select(slice(start, start + batch_size))
             adv = advantages[start : start + batch_size]
             for k in train_steps:
-                done += 1
                 ref = None
                 if beta > 0:
                     with torch.no_grad():
                         ref = reference_mean(sub, k)
-                with acc.no_sync(model) if done < backwards else nullcontext():
+                with acc.accumulate(model):
                     out = step_logprob(model, sub, k, dtype=dtype)
                     loss, stats = step_policy_loss(
                         out.log_prob,
@@ -381,22 +392,26 @@ def update(
                         ref_mean=ref,
                         std=out.std,
                     )
-                    acc.backward(loss * (sub.batch_size / per_mb) / len(train_steps))
+                    acc.backward(loss)  # divided by gradient_accumulation_steps: the mean over chunks and steps
+                    if acc.sync_gradients:
+                        norm = acc.clip_grad_norm_(params, max_grad_norm)  # None under DeepSpeed (it clips itself)
+                        if norm is not None:
+                            grad_norms.append(float(norm))
+                        optimizer.step()
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if ema is not None:
+                            ema.update(params)
                 for key, value in stats.items():
                     if key not in ("ratio_min", "ratio_max"):
                         sums[key] = sums.get(key, 0.0) + float(value)
                 ratio_min = min(ratio_min, float(stats["ratio_min"]))
                 ratio_max = max(ratio_max, float(stats["ratio_max"]))
                 count += 1
-        grad_norms.append(float(acc.clip_grad_norm_(params, max_grad_norm)))
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(params)
     out = {f"train/{k}": v / count for k, v in sums.items()}
     out.update({"train/ratio_min": ratio_min, "train/ratio_max": ratio_max})
-    out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    if grad_norms:
+        out["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["train/lr"] = lr_scheduler.get_last_lr()[0]
     return out
 
@@ -404,9 +419,20 @@ def update(
 # ------------------------------------------------------------------------------------------------------ recipe
 def main(argv: list[str] | None = None) -> Path:
     cfg = load_config(FlowGRPOConfig, argv, prog="flow_grpo.py")
-    acc = Accelerator()
-    check_config(cfg, acc.num_processes)
     s, t = cfg.sample, cfg.train
+    check_config(cfg, get_world_size())
+    num_sde = s.num_steps - 1 if s.sde_window is None else s.sde_window
+    num_trained = len(train_step_subset(num_sde, t.timestep_fraction, torch.Generator()))  # the same every step
+    per_rank = s.prompts_per_step * s.group_size // get_world_size()
+    backwards = backwards_per_update(per_rank // t.num_minibatches, s.batch_size, num_trained)
+    acc = Accelerator(gradient_accumulation_steps=backwards)
+    if acc.num_processes != get_world_size():
+        raise RuntimeError(f"accelerate sees {acc.num_processes} processes, the launcher {get_world_size()}")
+    if acc.distributed_type == DistributedType.DEEPSPEED and cfg.resume:
+        raise ValueError(
+            "resume=true under DeepSpeed: ZeRO-2 shards the optimizer state over the ranks and the checkpoints keep "
+            "rank 0's shard only, so a resume would not be exact; resume with DDP (generators/configs/accelerate/8gpu.yaml)"
+        )
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     prompts = read_prompts(cfg.prompts)
@@ -471,7 +497,6 @@ def main(argv: list[str] | None = None) -> Path:
     logger = MetricLogger(out, cfg.log.backend, project=cfg.log.project, config=config_to_dict(cfg))
     timer = Timer()
     per_step = s.prompts_per_step * s.group_size
-    per_rank = per_step // acc.num_processes
     mine = slice(acc.process_index * per_rank, (acc.process_index + 1) * per_rank)
     for step in progress(
         range(start_step + 1, t.max_steps + 1), desc="flow-grpo", initial=start_step, total=t.max_steps

@@ -1,4 +1,5 @@
-"""Seconds per video: our Wan-2.1 SDE sampler next to diffusers' WanPipeline, same weights, same run.
+"""Seconds per video: our Wan-2.1 SDE sampler next to diffusers' WanPipeline, same weights, same run; and one
+Flow-GRPO training step (generators/flow_grpo.py's own rollout / score / update) with its time split and peak memory.
 
 Paper setting (Sec. 4.2, App. C.4): Wan-2.1-T2V-1.3B architecture (random weights: 30 blocks, 12 heads x 128,
 ffn 8960, text dim 4096), 480x832, 81 frames, 50 steps, CFG 5.0, noise level 0.3, bf16 transformer, fp32 VAE.
@@ -12,11 +13,23 @@ the pipeline's denoising loop.
 The text encoder (umT5-XXL, 5.7B) is not part of the timed loop: both samplers get the same random prompt
 embeddings. The pipeline uses ``output_type="latent"``; VAE decoding is timed once on its own, as it is the same
 call for both. Results are printed and, with ``--out``, written as JSON.
+
+Flow-GRPO step (skip with ``--no-train-step``): after the sampler timings, a rank-32 LoRA is added and one training
+step of the recipe runs on ``--batch`` videos of one group (the paper's per-GPU batch is 2): ``rollout`` (SDE
+sampling + VAE decoding), ``score`` (the reward mix) and ``update`` (log-prob recomputation of every SDE step with
+gradients, KL to the LoRA-disabled reference, one AdamW step). Reported: seconds of each part, the step's peak
+memory, and the reward's share of the step (target: under 15% at the paper setting). The reward is
+``--reward-model PATH`` (a CaC checkpoint folder, e.g. the released 8B judge, loaded in bf16 on the same GPU) or,
+without it, a tiny random CaC built in code (its timing says nothing about an 8B judge); ``--tiny`` defaults to the
+brightness reward.
+
+    python benchmarks/wan_step.py --reward-model /ckpt/CaC-8B --batch 2     # GPU, paper setting, with CaC
 """
 
 from __future__ import annotations
 
 import argparse
+import runpy
 import statistics
 import tempfile
 import time
@@ -28,8 +41,11 @@ from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, Wa
 
 from cac_align.generators.sampler import sample
 from cac_align.generators.tiny import build_tiny_wan
-from cac_align.generators.wan import MAX_SEQUENCE_LENGTH, decode_latents, encode_prompts, load_wan
+from cac_align.generators.wan import MAX_SEQUENCE_LENGTH, add_lora, decode_latents, encode_prompts, load_wan
+from cac_align.reward.build import RewardSpec, build_mixed_reward
 from cac_align.utils import atomic_write_json
+
+RECIPE = Path(__file__).resolve().parents[1] / "generators" / "flow_grpo.py"
 
 PAPER = {"num_frames": 81, "height": 480, "width": 832, "steps": 50}
 TINY = {"num_frames": 9, "height": 32, "width": 32, "steps": 4}
@@ -50,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs of each sampler first (default 1)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each sampler (default 2)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--no-train-step", dest="train_step", action="store_false", help="skip the Flow-GRPO step")
+    p.add_argument("--reward", choices=["cac", "brightness"], help="reward of the step (default cac, tiny brightness)")
+    p.add_argument("--reward-model", help="CaC checkpoint folder for --reward cac (default: a tiny random one)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         args.tiny = True
@@ -58,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.num_frames = args.num_frames or preset["num_frames"]
     args.height = args.height or preset["height"]
     args.width = args.width or preset["width"]
+    args.reward = args.reward or ("brightness" if args.tiny else "cac")
     return args
 
 
@@ -99,6 +119,106 @@ def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, floa
         return time.perf_counter() - t0, None
     torch.cuda.synchronize(device)
     return time.perf_counter() - t0, torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def grpo_step(
+    args: argparse.Namespace,
+    transformer: WanTransformer3DModel,
+    vae: AutoencoderKLWan,
+    scheduler: UniPCMultistepScheduler,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    device: torch.device,
+    work_dir: Path,
+) -> dict:
+    """Time one Flow-GRPO step of generators/flow_grpo.py (its rollout, score and update) on ``args.batch`` videos."""
+    from accelerate import Accelerator
+
+    recipe = runpy.run_path(str(RECIPE), run_name="flow_grpo")
+    sde_steps = None if args.sde_window is None else list(range(args.sde_window))
+    spec = RewardSpec(norm="group")
+    if args.reward == "cac":
+        spec = RewardSpec(norm="group", path=args.reward_model or "tiny", dtype=None if args.tiny else "bfloat16")
+    reward = build_mixed_reward({args.reward: spec}, device=device, tiny_dir=work_dir)
+    dtype = transformer.dtype  # the blocks' dtype (bf16 at the paper setting), before fp32 LoRA weights exist
+    add_lora(transformer, rank=32, alpha=64.0)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    num_sde = args.steps - 1 if sde_steps is None else len(sde_steps)
+    acc = Accelerator(cpu=device.type == "cpu", gradient_accumulation_steps=num_sde)  # one backward per SDE step
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    model, optimizer = acc.prepare(transformer, optimizer)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0)
+    policy = acc.unwrap_model(model)
+
+    def reference_mean(sub, k):
+        policy.disable_adapters()
+        try:
+            return recipe["step_logprob"](policy, sub, k, dtype=dtype).mean
+        finally:
+            policy.enable_adapters()
+
+    n = args.batch
+    prompts, group_ids = ["a cat jumps"] * n, [0] * n
+    times: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for name in ("warmup", "timed"):
+        t0 = time.perf_counter()
+        traj, videos = recipe["rollout"](
+            policy,
+            vae,
+            scheduler,
+            cond[:n],
+            uncond[:n] if args.guidance > 1 else None,
+            list(range(n)),
+            sde_steps=sde_steps,
+            batch_size=n,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            num_steps=args.steps,
+            guidance_scale=args.guidance,
+            noise_level=args.noise_level,
+            offload_to_cpu=args.offload,
+        )
+        t1 = time.perf_counter()
+        mixed = recipe["score"](reward, videos, prompts, group_ids, 16.0)
+        t2 = time.perf_counter()
+        advantages = torch.tensor([0.0 if v is None else v for v in mixed.total])
+        recipe["update"](
+            model,
+            traj,
+            advantages,
+            list(range(len(traj.sde_steps))),
+            acc=acc,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            params=params,
+            reference_mean=reference_mean,
+            dtype=dtype,
+            batch_size=n,
+            num_minibatches=1,
+            clip_range=1e-3,
+            beta=0.004,
+            max_grad_norm=1.0,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t3 = time.perf_counter()
+        if name == "timed" or args.warmup == 0:
+            times = {"sampling": t1 - t0, "reward": t2 - t1, "training": t3 - t2}
+            break
+    total = sum(times.values())
+    return {
+        "train_step_s": total,
+        "train_step_split_s": times,
+        "reward_share": times["reward"] / total,
+        "reward": args.reward if args.reward == "brightness" else (args.reward_model or "tiny random CaC"),
+        "videos_per_step": n,
+        "peak_cuda_gib_train_step": (
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        ),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -178,10 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_video": per_video,
         "sde_sampler_slowdown": slowdown,
         "peak_cuda_gib": peak_gib,
-        # Flow-GRPO training step (step_logprob forward + backward over the SDE steps with LoRA, optimizer step):
-        # to be timed here by the Flow-GRPO recipe (generators/flow_grpo.py) and reported as "train_step_s".
-        "train_step_s": None,
     }
+    if args.train_step:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.update(grpo_step(args, transformer, vae, scheduler, cond, uncond, device, Path(tmp)))
     print(f"device: {results['device']}  settings: {results['settings']}")
     for name, value in per_video.items():
         print(f"  {name:<24} {value:9.3f} s/video")
@@ -190,6 +310,17 @@ def main(argv: list[str] | None = None) -> dict:
     for name, gib in peak_gib.items():
         if gib is not None:
             print(f"  {name + ' peak memory':<24} {gib:9.2f} GiB")
+    if args.train_step:
+        split = "  ".join(f"{k} {v:.3f} s" for k, v in results["train_step_split_s"].items())
+        print(f"  flow-grpo step ({results['videos_per_step']} videos) {results['train_step_s']:9.3f} s  ({split})")
+        target = (
+            ""
+            if args.tiny
+            else ("  (target < 15%: met)" if results["reward_share"] < 0.15 else "  (target < 15%: NOT met)")
+        )
+        print(f"  reward share of the step {100 * results['reward_share']:8.1f} %  [{results['reward']}]{target}")
+        if results["peak_cuda_gib_train_step"] is not None:
+            print(f"  {'flow-grpo step peak':<24} {results['peak_cuda_gib_train_step']:9.2f} GiB")
     if args.out is not None:
         atomic_write_json(args.out, results)
     return results

@@ -172,3 +172,18 @@ def test_prompts_file_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match="no prompts"):
         (tmp_path / "e.txt").write_text("\n \n")
         read_prompts(tmp_path / "e.txt")
+
+
+def test_a_reward_served_over_http_gives_the_same_selection(tmp_path, tiny_wan, prompts_file, reference_run):
+    from cac_align.reward.simple import Brightness
+    from cac_align.serve import HTTPService, RewardEndpoint
+
+    out = tmp_path / "run"
+    with HTTPService(RewardEndpoint(Brightness()).routes(), port=0) as service:
+        brightness = f"{{weight: 2.0, norm: group, url: '{service.url}', settings: {{dtype: float32}}}}"
+        remote = f"reward.components={{brightness: {brightness}, color: {{weight: 1.0, norm: none}}}}"
+        _recipe()["main"](_argv(out, prompts_file, tiny_wan, remote))
+    got, want = read_jsonl(out / "manifest.jsonl"), read_jsonl(reference_run / "manifest.jsonl")
+    assert [r["best"] for r in got] == [r["best"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert [c["total"] for c in g["candidates"]] == pytest.approx([c["total"] for c in w["candidates"]], abs=1e-6)

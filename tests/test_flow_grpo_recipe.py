@@ -148,3 +148,13 @@ def test_tiny_presets_run_as_written(tmp_path):
     final = _main(["--config", str(TINY), f"output_dir={tmp_path / 'grpo'}", f"prompts={PROMPTS}"])
     assert (final / LORA_FILE).is_file()
     assert "reward/cac/raw_mean" in read_jsonl(tmp_path / "grpo" / "metrics.jsonl")[-1]
+
+
+def test_benchmark_times_a_flow_grpo_step(tmp_path):
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "wan_step.py"), run_name="wan_step")
+    results = bench["main"](["--tiny", "--steps", "3", "--batch", "2", "--warmup", "0", "--repeats", "1"])
+    split = results["train_step_split_s"]
+    assert set(split) == {"sampling", "reward", "training"} and all(v > 0 for v in split.values())
+    assert results["train_step_s"] == pytest.approx(sum(split.values()))
+    assert results["reward_share"] == pytest.approx(split["reward"] / results["train_step_s"])
+    assert results["reward"] == "brightness" and results["videos_per_step"] == 2

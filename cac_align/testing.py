@@ -162,14 +162,22 @@ def tiny_qwen3vl_config(
     num_layers: int = 2,
     vision_depth: int = 2,
     vision_hidden_size: int = 32,
+    num_heads: int | None = None,
 ):
-    """A small ``Qwen3VLConfig`` wired to ``tokenizer``'s special-token ids (interleaved M-RoPE, DeepStack on)."""
+    """A small ``Qwen3VLConfig`` wired to ``tokenizer``'s special-token ids (interleaved M-RoPE, DeepStack on).
+
+    Attention heads have 16 dimensions; ``num_heads`` defaults to ``hidden_size // 16`` (fewer heads make long
+    sequences cheaper: attention costs grow with ``num_heads * 16``, not with ``hidden_size``), with half as many
+    key/value heads.
+    """
     from transformers import Qwen3VLConfig
 
     ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END])
     pad, eos, image, video, v_start, v_end = ids
     head_dim = 16
-    heads = max(1, hidden_size // head_dim)
+    heads = max(1, hidden_size // head_dim) if num_heads is None else num_heads
+    if heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
     return Qwen3VLConfig(
         text_config={
             "vocab_size": len(tokenizer),

@@ -1,0 +1,126 @@
+"""``experiments/synthetic_three_stage.py``: the --quick run end to end (data, the three recipes chained through
+their ``final/`` folders, the held-out evaluations, the table, the chart and the RESULTS.md section), a rerun that
+skips finished work, and the pieces it computes itself (ROC AUC, the CoT-free manifest, the smaller-head config)."""
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cac_align.schema import Annotation, read_manifest, write_manifest
+from cac_align.testing import qwen3_tokenizer, tiny_qwen3vl_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "synthetic_three_stage.py"
+
+
+@pytest.fixture(scope="module")
+def exp() -> dict:
+    return runpy.run_path(str(SCRIPT), run_name="synthetic_three_stage")
+
+
+@pytest.fixture(scope="module")
+def quick(exp, tmp_path_factory):
+    root = tmp_path_factory.mktemp("three_stage")
+    results_md = root / "RESULTS.md"
+    results_md.write_text("# Results\n\nother sections stay\n", encoding="utf-8")
+    args = ["--out", str(root / "run"), "--quick", "--results", str(results_md), "--png", str(root / "chart.png")]
+    return root, args, exp["main"](args)
+
+
+def test_quick_run_writes_a_well_formed_table(exp, quick):
+    root, _, result = quick
+    out = root / "run"
+    rows = result["rows"]
+    assert [(r["name"], r["mode"]) for r in rows] == [
+        ("untrained", "two-turn"),
+        ("stage1", "two-turn"),
+        ("stage2", "two-turn"),
+        ("stage3", "two-turn"),
+        ("stage3_single", "single-turn"),
+    ]
+    held_out = read_manifest(out / "data" / "eval" / "manifest.jsonl")
+    assert len(held_out) == exp["QUICK"].eval_videos
+    for r in rows:
+        for key in exp["METRICS"] + exp["DIAGNOSTICS"]:
+            assert r[key] is None or (isinstance(r[key], float) and 0.0 <= r[key] <= 1.0), (r["name"], key)
+        assert r["status_acc"] is not None and r["reward_auc"] is not None  # both classes are in the held-out split
+        preds = [json.loads(line) for line in (out / "eval" / r["name"] / "predictions.jsonl").open()]
+        assert sorted(p["index"] for p in preds) == list(range(len(held_out)))
+        assert {p["judge"] for p in preds} == {f"cac/{r['mode']}"}
+    # the same numbers in results.json, results.md, the RESULTS.md section and the chart
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    table = (out / "results.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(rows)  # the header and a line a row
+    section = (root / "RESULTS.md").read_text()
+    assert section.startswith("# Results\n\nother sections stay\n")
+    assert "<!-- synthetic_three_stage:start -->" in section and table.strip() in section
+    assert (root / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = result["info"]
+    assert info["train_videos"] == exp["QUICK"].train_videos and info["params"] > 0 and info["seconds"] > 0
+
+
+def test_quick_run_chains_the_real_recipes(quick):
+    root, _, _ = quick
+    out = root / "run"
+    inits = {}
+    for stage in ("stage1", "stage2", "stage3"):
+        cfg = yaml.safe_load((out / stage / "config.yaml").read_text())
+        inits[stage] = Path(cfg["init_from"])
+        assert Path(cfg["data"]["manifest"]) == out / "splits" / f"{stage}.jsonl"
+        assert (out / stage / "final" / "model.safetensors").is_file()
+    assert inits == {"stage1": out / "init", "stage2": out / "stage1" / "final", "stage3": out / "stage2" / "final"}
+    # the SFT targets carry no chain of thought (the experiment's manifest has empty CoT for every view)
+    for stage in ("stage1", "stage2"):
+        answers = [a for line in (out / stage / "samples.jsonl").open() for a in json.loads(line)["answers"]]
+        trained = [json.loads(line) for line in (out / stage / "samples.jsonl").open()]
+        assert trained and all(s["cot_source"] == "manifest" for s in trained)
+        assert any(a.startswith('{"COT": "", "status": ') for a in answers)
+
+
+def test_rerun_skips_finished_work(exp, quick):
+    root, args, first = quick
+    out = root / "run"
+    stamps = {p: p.stat().st_mtime_ns for p in [out / "stage3" / "final" / "model.safetensors"]}
+    stamps.update({p: p.stat().st_mtime_ns for p in (out / "eval").glob("*/predictions.jsonl")})
+    second = exp["main"](args)
+    assert second["rows"] == first["rows"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert second["info"]["timings"]["stage1 | eval untrained"] < 5  # nothing was started
+
+
+def test_roc_auc_by_hand(exp):
+    auc = exp["roc_auc"]
+    assert auc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert auc([0.5, 0.5], [True, False]) == 0.5
+    assert auc([0.3, 0.7, 0.5], [True, False, True]) == pytest.approx(0.0)  # both positives below the negative
+    assert auc([0.6, 0.7, 0.5], [True, False, True]) == pytest.approx(0.0)
+    assert auc([0.8, 0.7, 0.5], [True, False, True]) == pytest.approx(0.5)
+    assert auc([0.1, 0.2], [True, True]) is None
+    assert math.isclose(auc([3.0, 1.0, 2.0, 0.0], [True, False, False, True]), 0.5)
+
+
+def test_training_manifest_merges_worlds_and_empties_every_cot(exp, tmp_path):
+    worlds = []
+    for name, prompt in (("world_a", "a ball"), ("world_b", "a box")):
+        anns = [Annotation("videos/000000.mp4", prompt, "normal", cot={"turn1": "long text"}, meta={"id": name})]
+        write_manifest(tmp_path / "data" / name / "manifest.jsonl", anns)
+        worlds.append(tmp_path / "data" / name)
+    merged = exp["training_manifest"](worlds, tmp_path / "data" / "train.jsonl")
+    out = read_manifest(merged)
+    assert [a.video for a in out] == ["world_a/videos/000000.mp4", "world_b/videos/000000.mp4"]
+    assert [(a.prompt, a.meta) for a in out] == [("a ball", {"id": "world_a"}), ("a box", {"id": "world_b"})]
+    assert [a.cot for a in out] == [{"turn1": "", "turn2": "", "frame": ""}] * 2
+
+
+def test_tiny_config_num_heads():
+    tok = qwen3_tokenizer("bytes")
+    default = tiny_qwen3vl_config(tok, hidden_size=128).text_config
+    assert (default.num_attention_heads, default.num_key_value_heads, default.head_dim) == (8, 4, 16)
+    fewer = tiny_qwen3vl_config(tok, hidden_size=128, num_heads=4).text_config
+    assert (fewer.num_attention_heads, fewer.num_key_value_heads, fewer.head_dim) == (4, 2, 16)
+    with pytest.raises(ValueError, match="num_heads"):
+        tiny_qwen3vl_config(tok, num_heads=0)

@@ -88,7 +88,7 @@ def test_rerun_skips_finished_work(exp, quick):
     second = exp["main"](args)
     assert second["rows"] == first["rows"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert second["info"]["timings"]["stage1 | eval untrained"] < 5  # nothing was started
+    assert second["info"]["timings"] == first["info"]["timings"]  # no phase ran again; the first run's times stay
 
 
 def test_roc_auc_by_hand(exp):

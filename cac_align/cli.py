@@ -35,13 +35,25 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_size, default=(160, 96), help="frame size WxH (default 160x96)")
     p.add_argument("--seconds", type=float, default=4.0, help="video length in seconds (default 4)")
     p.add_argument("--fps", type=float, default=16.0, help="frame rate of the written mp4 files (default 16)")
+    p.add_argument(
+        "--kinds",
+        type=lambda s: [k.strip() for k in s.split(",") if k.strip()],
+        default=None,
+        help="only these defect kinds, comma-separated (e.g. flicker,melt; default: all kinds of all five categories)",
+    )
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from cac_align.data.synthetic import generate, summarize
 
     manifest = generate(
-        args.out, num_videos=args.num_videos, seed=args.seed, size=args.size, seconds=args.seconds, fps=args.fps
+        args.out,
+        num_videos=args.num_videos,
+        seed=args.seed,
+        size=args.size,
+        seconds=args.seconds,
+        fps=args.fps,
+        kinds=args.kinds,
     )
     print(summarize(manifest))
     return 0

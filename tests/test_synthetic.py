@@ -208,3 +208,36 @@ def test_summary_and_argument_checks(tmp_path):
         sample_video(0, 0, (64, 48), 2.0, 10.0)
     with pytest.raises(ValueError, match="whole number of frames"):
         sample_video(0, 0, (64, 48), 1.1, 8.0)
+
+
+def test_kinds_restrict_the_anomalies_and_leave_the_default_world_alone(tmp_path):
+    size, seconds, fps = (96, 64), 2.0, 8.0
+    full = [sample_video(4, i, size, seconds, fps) for i in range(12)]
+    same = [sample_video(4, i, size, seconds, fps, kinds=None) for i in range(12)]
+    assert [v.annotation.to_dict() for v in full] == [v.annotation.to_dict() for v in same]
+
+    for kinds in (["flicker"], ["melt", "change"]):
+        videos = [sample_video(4, i, size, seconds, fps, kinds=kinds) for i in range(12)]
+        statuses = [v.annotation.status for v in videos]
+        assert statuses == [v.annotation.status for v in full]  # the same normal/abnormal pairs
+        used = {d.kind for v in videos for d in v.defects}
+        assert used and used <= set(kinds)
+        assert all(v.annotation.meta["kinds"] == [d.kind for d in v.defects] for v in videos)
+        for v in videos:
+            if v.annotation.is_abnormal:
+                a = v.annotation.anomalies[0]
+                frames = render_frames(v.scene, v.defects)
+                clean = render_frames(v.scene)
+                k = int(a.frames[0] * fps / 4)
+                assert (frames[k] != clean[k]).any()  # measured, as in the default world
+
+    with pytest.raises(ValueError, match="unknown defect kinds.*'wobble'"):
+        sample_video(4, 1, size, seconds, fps, kinds=["flicker", "wobble"])
+    out = tmp_path / "flicker"
+    assert (
+        main(["synth", str(out), "--num-videos", "2", "--size", "64x48", "--seconds", "1", "--kinds", "flicker"]) == 0
+    )
+    assert json.loads((out / "world.json").read_text())["kinds"] == ["flicker"]
+    assert {k for a in read_manifest(out / "manifest.jsonl") for k in a.meta["kinds"]} == {"flicker"}
+    with pytest.raises(ValueError, match="kinds"):
+        generate(out, num_videos=2, size=(64, 48), seconds=1.0, progress=False)

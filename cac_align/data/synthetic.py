@@ -1069,14 +1069,19 @@ def _sample_defect(
     long: bool,
     big: bool,
     prior: list[tuple[Defect, AnomalySpan]],
+    allowed: frozenset[str] | None = None,
 ) -> tuple[Defect, AnomalySpan] | None:
-    """Sample a defect of ``label`` on an entity without one in ``prior``, so that the video (with the ``prior``
-    anomalies) lands in the CaC-Bench-Hard group given by ``long`` and ``big``; after a few misses the last valid
-    defect is kept. A short second anomaly stays inside the first one's window."""
+    """Sample a defect of ``label`` (of a kind in ``allowed``, default any) on an entity without one in ``prior``, so
+    that the video (with the ``prior`` anomalies) lands in the CaC-Bench-Hard group given by ``long`` and ``big``;
+    after a few misses the last valid defect is kept. A short second anomaly stays inside the first one's window."""
     target_split = split_name(1.0 if long else 0.5, 0.5 if big else 0.0)
     used = {d.target for d, _ in prior}
     inside = prior[0][0].window if prior and not long else None
-    kinds = [k for k in KINDS[label] if [t for t in targets_for(scene, label, k) if t not in used]]
+    kinds = [
+        k
+        for k in KINDS[label]
+        if (allowed is None or k in allowed) and [t for t in targets_for(scene, label, k) if t not in used]
+    ]
     if not kinds:
         return None
     first = str(rng.choice(kinds))
@@ -1122,42 +1127,76 @@ def _check_timing(size: tuple[int, int], seconds: float, fps: float) -> None:
         raise ValueError(f"seconds must be >= 0.25 and a whole number of frames at {fps} fps, got {seconds}")
 
 
+def check_kinds(kinds: Sequence[str] | None) -> frozenset[str] | None:
+    """``kinds`` as a set after checking that each is a defect kind of :data:`KINDS` (None: all kinds)."""
+    if kinds is None:
+        return None
+    known = {k for ks in KINDS.values() for k in ks}
+    bad = sorted(set(kinds) - known)
+    if bad or not kinds:
+        raise ValueError(f"unknown defect kinds {bad or '(none given)'}; expected some of {sorted(known)}")
+    return frozenset(kinds)
+
+
+def _feasible(scene: Scene, allowed: frozenset[str] | None) -> list[str]:
+    """The categories with a defect kind (in ``allowed``) that some entity of ``scene`` can show."""
+    return [c for c in TAXONOMY if any(targets_for(scene, c, k) for k in KINDS[c] if allowed is None or k in allowed)]
+
+
+def _place_defects(
+    rng: np.random.Generator, scene: Scene, allowed: frozenset[str] | None
+) -> list[tuple[Defect, AnomalySpan]]:
+    """One anomaly, or two on different entities (one video in four), of kinds in ``allowed``; [] if none fits."""
+    clean = render_frames(scene)
+    feasible = _feasible(scene, allowed)
+    weights = np.array([_CATEGORY_WEIGHTS[c] for c in feasible])
+    n_anoms = 2 if rng.random() < 0.25 else 1
+    large = max(_extent(scene.entity(t))[0] * _extent(scene.entity(t))[1] for t in _all_targets(scene))
+    p_big = 0.8 if large >= 0.12 * scene.width * scene.height else 0.15
+    long, big = bool(rng.random() < 0.5), bool(rng.random() < p_big)  # the video's CaC-Bench-Hard group
+    placed: list[tuple[Defect, AnomalySpan]] = []
+    for _ in range(n_anoms):
+        label = str(rng.choice(feasible, p=weights / weights.sum()))
+        got = _sample_defect(rng, scene, label, clean, long, big, placed, allowed)
+        if got is None and not placed:  # the label had nothing left: fall back to any movable entity
+            got = _sample_defect(rng, scene, "Motion Anomalies", clean, long, big, placed, allowed)
+        if got is not None:
+            placed.append(got)
+    return placed
+
+
 def sample_video(
-    seed: int, index: int, size: tuple[int, int] = (160, 96), seconds: float = 4.0, fps: float = 16.0
+    seed: int,
+    index: int,
+    size: tuple[int, int] = (160, 96),
+    seconds: float = 4.0,
+    fps: float = 16.0,
+    kinds: Sequence[str] | None = None,
 ) -> SynthVideo:
     """Sample video ``index`` of the world ``seed``: its scene, defects and measured ground truth (nothing written).
 
     Videos ``2k`` and ``2k + 1`` form a pair of which exactly one is normal; about one abnormal video in four gets a
-    second anomaly on another entity.
+    second anomaly on another entity. ``kinds`` restricts the anomalies to those defect kinds (names of
+    :data:`KINDS`, e.g. ``["vanish", "melt"]``); an abnormal video whose scene has no entity for any of them draws
+    its scene again from the same generator. ``kinds=None`` (all kinds) gives the default world, unchanged.
     """
     _check_timing(size, seconds, fps)
+    allowed = check_kinds(kinds)
     pair = np.random.default_rng([seed, index - index % 2, 1])
     abnormal = (index % 2) == int(pair.integers(2))
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, size, seconds, fps)
     vid = f"{index:06d}"
-    defects: list[Defect] = []
-    spans: list[AnomalySpan] = []
-    if abnormal:
-        clean = render_frames(scene)
-        feasible = [c for c in TAXONOMY if any(targets_for(scene, c, k) for k in KINDS[c])]
-        weights = np.array([_CATEGORY_WEIGHTS[c] for c in feasible])
-        n_anoms = 2 if rng.random() < 0.25 else 1
-        large = max(_extent(scene.entity(t))[0] * _extent(scene.entity(t))[1] for t in _all_targets(scene))
-        p_big = 0.8 if large >= 0.12 * scene.width * scene.height else 0.15
-        long, big = bool(rng.random() < 0.5), bool(rng.random() < p_big)  # the video's CaC-Bench-Hard group
-        placed: list[tuple[Defect, AnomalySpan]] = []
-        for _ in range(n_anoms):
-            label = str(rng.choice(feasible, p=weights / weights.sum()))
-            got = _sample_defect(rng, scene, label, clean, long, big, placed)
-            if got is None and not placed:  # the label had nothing left: fall back to any movable entity
-                got = _sample_defect(rng, scene, "Motion Anomalies", clean, long, big, placed)
-            if got is not None:
-                placed.append(got)
-        defects = [d for d, _ in placed]
-        spans = [s for _, s in placed]
-        if not defects:
-            raise RuntimeError(f"video {vid} of seed {seed}: could not place any anomaly")
+    placed: list[tuple[Defect, AnomalySpan]] = []
+    for _ in range(1 if allowed is None else 50):  # with restricted kinds, a scene that cannot show them is redrawn
+        scene = sample_scene(rng, size, seconds, fps)
+        if abnormal and _feasible(scene, allowed):
+            placed = _place_defects(rng, scene, allowed)
+        if not abnormal or placed:
+            break
+    if abnormal and not placed:
+        raise RuntimeError(f"video {vid} of seed {seed}: could not place any anomaly")
+    defects = [d for d, _ in placed]
+    spans = [s for _, s in placed]
     order = sorted(range(len(spans)), key=lambda i: (TAXONOMY.index(spans[i].label), spans[i].frames))
     defects = [defects[i] for i in order]
     spans = [spans[i] for i in order]
@@ -1186,12 +1225,14 @@ def generate(
     seconds: float = 4.0,
     fps: float = 16.0,
     progress: bool = True,
+    kinds: Sequence[str] | None = None,
 ) -> Path:
     """Render ``num_videos`` videos into ``out/videos/`` and write ``out/manifest.jsonl`` and ``out/world.json``.
 
-    Resumable: videos already on disk are not re-rendered (their ground truth is re-derived from the seed, which is
-    cheap), and the manifest is rewritten atomically. Re-running on an ``out`` made with another seed, size, length
-    or frame rate raises ValueError. Returns the manifest path.
+    ``kinds`` restricts the anomalies to those defect kinds (see :func:`sample_video`). Resumable: videos already on
+    disk are not re-rendered (their ground truth is re-derived from the seed, which is cheap), and the manifest is
+    rewritten atomically. Re-running on an ``out`` made with another seed, size, length, frame rate or kinds raises
+    ValueError. Returns the manifest path.
     """
     import torch
     from tqdm import tqdm
@@ -1211,11 +1252,12 @@ def generate(
         "fps": fps,
         "annotation_fps": ANNOTATION_FPS,
         "num_videos": num_videos,
+        "kinds": sorted(check_kinds(kinds)) if kinds is not None else None,
     }
     world_path = out / "world.json"
     if world_path.is_file():
         old = json.loads(world_path.read_text(encoding="utf-8"))
-        for key in ("version", "seed", "size", "seconds", "fps"):
+        for key in ("version", "seed", "size", "seconds", "fps", "kinds"):
             if old.get(key) != world[key]:
                 raise ValueError(
                     f"{world_path}: field '{key}' is {old.get(key)!r} but this run asks for {world[key]!r}; "
@@ -1224,7 +1266,7 @@ def generate(
     atomic_write_json(world_path, world)
     annotations = []
     for i in tqdm(range(num_videos), desc="synth", unit="video", disable=not progress):
-        video = sample_video(seed, i, size, seconds, fps)
+        video = sample_video(seed, i, size, seconds, fps, kinds)
         path = out / video.annotation.video
         if not path.is_file():
             frames = torch.from_numpy(render_frames(video.scene, video.defects)).permute(0, 3, 1, 2)

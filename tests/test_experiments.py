@@ -236,3 +236,13 @@ def test_tiny_preset_runs_end_to_end(tmp_path, name, table):
     path = _script(name)["main"](["--config", str(TINY / f"{name}.yaml"), f"output_dir={out}"])
     assert path == out / table and "*(paper)*" in path.read_text(encoding="utf-8")
     assert (out / "config.yaml").is_file()
+
+
+def test_status_probe_learns_a_visible_cue_and_reports_each_epoch():
+    # the optimisation check of the probe: abnormal videos carry a white corner square, which must be learned
+    history = _script("status_probe")["main"](
+        ["--cue", "--kinds", "all", "--train", "96", "--eval", "32", "--epochs", "4", "--size", "64"]
+    )
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert all(0.0 <= h["held_out_auc"] <= 1.0 and h["loss"] > 0 for h in history)
+    assert history[-1]["held_out_auc"] > 0.9 and history[-1]["held_out_acc"] > 0.8

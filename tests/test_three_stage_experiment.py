@@ -72,6 +72,10 @@ def test_quick_run_chains_the_real_recipes(quick):
         assert Path(cfg["data"]["manifest"]) == out / "splits" / f"{stage}.jsonl"
         assert (out / stage / "final" / "model.safetensors").is_file()
     assert inits == {"stage1": out / "init", "stage2": out / "stage1" / "final", "stage3": out / "stage2" / "final"}
+    for world in ("train_a", "train_b", "eval"):  # the learnable world: flicker and melt anomalies only
+        assert json.loads((out / "data" / world / "world.json").read_text())["kinds"] == ["flicker", "melt"]
+        kinds = {k for a in read_manifest(out / "data" / world / "manifest.jsonl") for k in a.meta["kinds"]}
+        assert kinds <= {"flicker", "melt"}
     # the SFT targets carry no chain of thought (the experiment's manifest has empty CoT for every view)
     for stage in ("stage1", "stage2"):
         answers = [a for line in (out / stage / "samples.jsonl").open() for a in json.loads(line)["answers"]]

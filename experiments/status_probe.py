@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from cac_align.data.synthetic import render_frames, sample_video
+from cac_align.eval.metrics import roc_auc
 from cac_align.reward.chat import Turn, collate, encode_conversation, model_inputs
 from cac_align.reward.prompts import turn1_prompt
 from cac_align.reward.qwen import VIDEO_BLOCK, build_processor
@@ -50,13 +51,6 @@ def encode_world(processor, seed: int, n: int, args: argparse.Namespace) -> list
         answer = " abnormal" if abnormal else " normal"
         out.append((encode_conversation(processor, [Turn(prompt + "\nStatus:", video, answer)]), abnormal))
     return out
-
-
-def roc_auc(scores: list[float], positive: list[bool]) -> float:
-    """P(score of a positive > score of a negative), ties counting half."""
-    pos = [s for s, p in zip(scores, positive, strict=True) if p]
-    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
-    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -68,6 +68,7 @@ from pathlib import Path
 import torch
 
 from cac_align.data.splits import build_splits
+from cac_align.eval.metrics import roc_auc
 from cac_align.reward.qwen import build_processor
 from cac_align.schema import Annotation, parse_judgment, read_manifest, write_manifest
 from cac_align.testing import CAC_SETTINGS_FILE, qwen3_tokenizer, tiny_qwen3vl_config
@@ -258,16 +259,6 @@ def build_init(path: Path, scale: Scale, seed: int = 0) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- results
-def roc_auc(scores: list[float], positive: list[bool]) -> float | None:
-    """P(score of a positive > score of a negative), ties counting half; None without both classes."""
-    pos = [s for s, p in zip(scores, positive, strict=True) if p]
-    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str, float | None]:
     """The row of one evaluation: the five metrics from ``metrics.json`` and the diagnostics from the predictions."""
     m = json.loads((bench / "metrics.json").read_text(encoding="utf-8"))

@@ -320,3 +320,16 @@ def benchmark_metrics(annotations: Sequence[Annotation], predictions: Sequence[P
 def _check_lengths(annotations: Sequence[Annotation], other: Sequence[Any]) -> None:
     if len(annotations) != len(other):
         raise ValueError(f"got {len(annotations)} annotations but {len(other)} predictions")
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """ROC AUC: P(score of a positive > score of a negative), ties counting half; None without both classes.
+
+    For the Eq. 7 reward, normal videos are the positive class (the reward is P(normal) / (P(normal) + P(abnormal))).
+    """
+    pos = [s for s, p in zip(scores, positive, strict=True) if p]
+    neg = [s for s, p in zip(scores, positive, strict=True) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))

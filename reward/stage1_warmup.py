@@ -57,14 +57,13 @@ from cac_align.data.stages import (
     stage1_samples,
     write_samples,
 )
+from cac_align.reward.cac import SETTINGS_FILE, read_settings
 from cac_align.reward.qwen import load_qwen3vl
 from cac_align.reward.sft import LORA_TARGETS, lora_config, sft_loss
 from cac_align.testing import build_tiny_cac
 from cac_align.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cac_align.train.logging import MetricLogger, Timer, progress
 from cac_align.utils import atomic_write_json
-
-SETTINGS_FILE = "cac_reward.json"
 
 
 # ----------------------------------------------------------------------------------------------------------- config
@@ -79,6 +78,8 @@ class DataConfig:
     max_pixels: int | None = None
     # DataLoader worker processes that decode videos (0: decode in the training process).
     num_workers: int = 0
+    # Keep every encoded sample in memory after its first epoch (small datasets trained for many epochs; CPU runs).
+    cache: bool = False
 
 
 @dataclass
@@ -147,6 +148,9 @@ class Stage1Config:
     resume: bool = False
     # Seeds the frame choice, the data order, the LoRA init and the tiny checkpoint.
     seed: int = 0
+    # Prompts trained with: "full" (the paper's) or "compact" (cac_align.reward.prompts); None keeps init_from's
+    # (its cac_reward.json), else "full". The final checkpoint records it, so CaCReward prompts the same way.
+    prompt_style: Literal["full", "compact"] | None = None
     # Weights dtype while training (LoRA adapters stay fp32); bfloat16 halves the frozen base's memory.
     dtype: Literal["float32", "bfloat16"] = "float32"
     # Weights dtype of the final checkpoint.
@@ -208,6 +212,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             os.replace(tmp, init)
         accelerator.wait_for_everyone()
     model, processor = load_qwen3vl(init, dtype=DTYPES[cfg.dtype])
+    prompt_style = cfg.prompt_style or read_settings(init).get("prompt_style", "full")
     model.train()
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -220,14 +225,17 @@ def main(argv: list[str] | None = None) -> Path | None:
     params = [p for p in model.parameters() if p.requires_grad]
 
     samples, stats = stage1_samples(
-        load_stage_manifest(cfg.data.manifest), frames_per_video=cfg.data.frames_per_video, seed=cfg.seed
+        load_stage_manifest(cfg.data.manifest),
+        frames_per_video=cfg.data.frames_per_video,
+        seed=cfg.seed,
+        prompt_style=prompt_style,
     )
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         write_samples(out / "samples.jsonl", samples)
         atomic_write_json(out / "data_stats.json", {"samples": stats.samples, "skipped": stats.skipped})
-    dataset = SFTDataset(samples, processor, max_pixels=cfg.data.max_pixels)
+    dataset = SFTDataset(samples, processor, max_pixels=cfg.data.max_pixels, cache=cfg.data.cache)
     accelerator.print(
         f"stage1: {len(samples)} samples {stats.samples}, skipped {stats.skipped}; "
         f"{sum(p.numel() for p in params):,} trainable parameters"
@@ -368,7 +376,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp, state_dict=state)
         processor.save_pretrained(tmp)
-        settings = json.loads((init / SETTINGS_FILE).read_text()) if (init / SETTINGS_FILE).is_file() else {}
+        settings = {**read_settings(init), "prompt_style": prompt_style}
         if cfg.data.max_pixels is not None:
             settings["max_pixels"] = cfg.data.max_pixels
         atomic_write_json(tmp / SETTINGS_FILE, settings)

@@ -77,6 +77,7 @@ from cac_align.algos.grpo import group_advantages, grpo_loss
 from cac_align.algos.rollout import RolloutInput, rollout_logprobs, two_turn_rollouts
 from cac_align.config import config_to_dict, load_config, save_config
 from cac_align.data.stages import StepSampler, load_stage_manifest, video_kwargs_for
+from cac_align.reward.cac import SETTINGS_FILE, read_settings
 from cac_align.reward.chat import collate
 from cac_align.reward.qwen import load_qwen3vl, vision_token_ids
 from cac_align.reward.sft import LORA_TARGETS, lora_config
@@ -87,7 +88,6 @@ from cac_align.train.checkpoint import latest_checkpoint, load_checkpoint, save_
 from cac_align.train.logging import MetricLogger, Timer, progress
 from cac_align.utils import append_jsonl, atomic_write_json
 
-SETTINGS_FILE = "cac_reward.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -202,6 +202,9 @@ class Stage3Config:
     resume: bool = False
     # Seeds the data order, the LoRA init, sampling and the tiny checkpoint.
     seed: int = 0
+    # Prompts trained with: "full" (the paper's) or "compact" (cac_align.reward.prompts); None keeps init_from's
+    # (its cac_reward.json), else "full". The final checkpoint records it, so CaCReward prompts the same way.
+    prompt_style: Literal["full", "compact"] | None = None
     # Weights dtype while training; float32 under bf16 autocast keeps lr 1e-6 updates from rounding away.
     dtype: Literal["float32", "bfloat16"] = "float32"
     # Weights dtype of the final checkpoint.
@@ -335,6 +338,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             os.replace(tmp, init)
         accelerator.wait_for_everyone()
     model, processor = load_qwen3vl(init, dtype=DTYPES[cfg.dtype])
+    prompt_style = cfg.prompt_style or read_settings(init).get("prompt_style", "full")
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()  # LoRA: the frozen embeddings' outputs must carry gradients
@@ -437,6 +441,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 temperature=g.temperature,
                 max_batch=g.generation_batch,
                 video_kwargs=video_kwargs,
+                prompt_style=prompt_style,
             )
 
         # 2. rewards (Eq. 2-6) and group-normalised advantages (Eq. 8); a group is one video on this process
@@ -584,7 +589,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        settings = json.loads((init / SETTINGS_FILE).read_text()) if (init / SETTINGS_FILE).is_file() else {}
+        settings = {**read_settings(init), "prompt_style": prompt_style}
         if cfg.data.max_pixels is not None:
             settings["max_pixels"] = cfg.data.max_pixels
         atomic_write_json(tmp / SETTINGS_FILE, settings)

@@ -120,6 +120,37 @@ def test_prompts(builder):
         builder(None, 0)
 
 
+@pytest.mark.parametrize("builder", [turn1_prompt, turn2_prompt, single_turn_prompt])
+def test_compact_prompts_keep_the_facts_and_drop_the_instructions(builder):
+    full = builder("a cat jumps", 6)
+    text = builder("a cat jumps", 6, hint="Look at the tail.", style="compact")
+    assert text.count(VIDEO_BLOCK) == 1
+    assert '"a cat jumps"' in text and "Frame 0 to Frame 5" in text
+    assert text.index("Look at the tail.") < text.index(VIDEO_BLOCK)
+    assert ("BBOX" in text) == (builder is not turn1_prompt)
+    assert len(text) < len(full) / 8
+    if builder is turn2_prompt:
+        assert "Frames 2-4" in turn2_prompt(None, 6, window=(2, 4), style="compact")
+    with pytest.raises(ValueError, match="prompt style must be one of"):
+        builder(None, 6, style="short")
+
+
+def test_prompt_style_is_a_saved_setting_and_shapes_the_turn1_context(reward, tmp_path):
+    compact = CaCReward(reward.model, reward.processor, prompt_style="compact", max_new_tokens=4)
+    compact.save_pretrained(tmp_path / "compact")
+    assert json.loads((tmp_path / "compact" / "cac_reward.json").read_text())["prompt_style"] == "compact"
+    again = CaCReward.from_pretrained(tmp_path / "compact")
+    assert again.prompt_style == "compact"
+    src = again.prepare([_video(8)], ["a cat"], fps=FPS)
+    short = again.run_turn1(src, max_new_tokens=1)[0].context
+    long = reward.run_turn1(reward.prepare([_video(8)], ["a cat"], fps=FPS), max_new_tokens=1)[0].context
+    text = again.processor.tokenizer.decode(short.input_ids)
+    assert "JSON: COT, status" in text and "Analysis steps" not in text
+    assert len(short) * 5 < len(long)
+    with pytest.raises(ValueError, match="prompt_style must be one of"):
+        CaCReward(reward.model, reward.processor, prompt_style="brief")
+
+
 def _turn(status: str | None, reward: float, turn: int = 1) -> TurnResult:
     text = format_judgment(status) if status is not None else "not json"
     return TurnResult(turn, text, parse_judgment(text, turn), [], 4.0, [], [], 0.0, 0.0, reward, "forced")

@@ -26,12 +26,12 @@ from cac_align.data.stages import (
 )
 from cac_align.data.synthetic import generate
 from cac_align.reward.chat import IGNORE_INDEX, model_inputs
-from cac_align.reward.qwen import IM_END, load_qwen3vl
+from cac_align.reward.qwen import IM_END, VIDEO_BLOCK, load_qwen3vl
 from cac_align.reward.sft import lora_config, sft_loss
 from cac_align.schema import SINGLE_FRAME_LABELS, Annotation, AnomalySpan, parse_judgment
 from cac_align.testing import build_tiny_cac
 from cac_align.testing_dist import run_distributed
-from cac_align.video import clip_frame_of, crop_window, load_video
+from cac_align.video import VideoReadError, clip_frame_of, crop_window, load_video
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1 = REPO / "reward" / "stage1_warmup.py"
@@ -263,6 +263,24 @@ def test_labels_cover_exactly_the_trained_answers(world, tiny):
         assert text.count(s.answers[0]) == 1  # the turn-1 answer of a clip is in the context, without loss
         # left padding: the trained tokens end the row
         assert labels[-1] != IGNORE_INDEX
+
+
+def test_sft_dataset_cache_decodes_each_sample_once(world, tiny, tmp_path):
+    import shutil
+
+    _, processor = load_qwen3vl(tiny)
+    samples, _ = stage2_samples(load_stage_manifest(world / "splits" / "stage2.jsonl"), prompt_style="compact")
+    sample = next(s for s in samples if s.kind == "clip")
+    assert all("Analysis steps" not in p and p.count(VIDEO_BLOCK) == 1 for p in sample.prompts)
+    moved = tmp_path / "video.mp4"
+    shutil.copy(sample.video, moved)
+    sample = replace(sample, video=str(moved))
+    cached, plain = SFTDataset([sample], processor, cache=True), SFTDataset([sample], processor)
+    first = cached[0]
+    moved.unlink()  # a cached sample is never decoded again; an uncached one is
+    assert cached[0] is first
+    with pytest.raises(VideoReadError, match="no such video file"):
+        plain[0]
 
 
 def test_sft_loss_equals_full_logits_cross_entropy(world, tiny):

@@ -218,11 +218,11 @@ def _frames(inp: RolloutInput) -> Sampled:
 
 
 def turn1_context(
-    processor, inp: RolloutInput, video_kwargs: Mapping[str, Any] | None = None
+    processor, inp: RolloutInput, video_kwargs: Mapping[str, Any] | None = None, prompt_style: str = "full"
 ) -> tuple[Encoded, Sampled]:
     """Turn 1's context (the whole video at ``inp.fps`` with the turn-1 prompt) and the frames it shows."""
     frames = _frames(inp)
-    prompt = turn1_prompt(inp.prompt, frames.frames.shape[0], fps=inp.fps)
+    prompt = turn1_prompt(inp.prompt, frames.frames.shape[0], fps=inp.fps, style=prompt_style)
     return encode_user(processor, prompt, frames, first=True, video_kwargs=video_kwargs), frames
 
 
@@ -243,12 +243,13 @@ def turn2_context(
     window: tuple[int, int],
     clip_fps: float = TURN2_FPS,
     video_kwargs: Mapping[str, Any] | None = None,
+    prompt_style: str = "full",
 ) -> tuple[Encoded, Sampled]:
     """Turn 2's context for one rollout: turn 1's context and answer, then the clip cropped at ``window`` (inclusive,
     on turn 1's frames) resampled at ``clip_fps``, with the turn-2 prompt; and the clip's frames."""
     s, e = window
     clip = crop_clip(inp.video, inp.src_fps, s, e, fps=inp.fps, clip_fps=clip_fps)
-    prompt = turn2_prompt(inp.prompt, clip.frames.shape[0], fps=clip_fps, window=(s, e))
+    prompt = turn2_prompt(inp.prompt, clip.frames.shape[0], fps=clip_fps, window=(s, e), style=prompt_style)
     user2 = encode_user(processor, prompt, clip, first=False, video_kwargs=video_kwargs)
     return context1 + answer_part(processor.tokenizer, answer1) + user2, clip
 
@@ -279,6 +280,7 @@ def two_turn_rollouts(
     clip_fps: float = TURN2_FPS,
     max_batch: int | None = None,
     video_kwargs: Mapping[str, Any] | None = None,
+    prompt_style: str = "full",
 ) -> list[Rollout]:
     """Sample ``group_size`` two-turn rollouts of each input video (Sec. 3.2 stage 3, App. C.1).
 
@@ -295,13 +297,14 @@ def two_turn_rollouts(
         clip_fps: turn 2's rate (8 fps; :func:`cac_align.rewards.rollout_reward` matches boxes at this rate).
         max_batch: most sequences per ``generate`` call (None: all of a turn in one call).
         video_kwargs: processor settings for both videos (e.g. a per-frame pixel cap).
+        prompt_style: the prompts' style, "full" or "compact" (:mod:`cac_align.reward.prompts`; the checkpoint's).
 
     Returns:
         ``len(inputs) * group_size`` rollouts, grouped by video in input order.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    firsts = [turn1_context(processor, inp, video_kwargs) for inp in inputs]
+    firsts = [turn1_context(processor, inp, video_kwargs, prompt_style) for inp in inputs]
     groups = [g for g in range(len(inputs)) for _ in range(group_size)]
     answers1 = sample_answers(
         model, processor, [firsts[g][0] for g in groups], max_new_tokens_turn1, temperature, max_batch
@@ -318,6 +321,7 @@ def two_turn_rollouts(
         clip_fps=clip_fps,
         max_batch=max_batch,
         video_kwargs=video_kwargs,
+        prompt_style=prompt_style,
     )
 
 
@@ -333,6 +337,7 @@ def complete_rollouts(
     clip_fps: float = TURN2_FPS,
     max_batch: int | None = None,
     video_kwargs: Mapping[str, Any] | None = None,
+    prompt_style: str = "full",
 ) -> list[Rollout]:
     """Finish rollouts from their turn-1 answers: parse each, crop its own clip at its window (:func:`usable_window`)
     and sample turn 2 for those that continue (one batch), or end them after turn 1.
@@ -356,7 +361,9 @@ def complete_rollouts(
     seconds: dict[int, tuple[Encoded, Sampled]] = {}
     for i in todo:
         g = groups[i]
-        seconds[i] = turn2_context(processor, inputs[g], firsts[g][0], answers1[i], windows[i], clip_fps, video_kwargs)
+        seconds[i] = turn2_context(
+            processor, inputs[g], firsts[g][0], answers1[i], windows[i], clip_fps, video_kwargs, prompt_style
+        )
     sampled = sample_answers(
         model, processor, [seconds[i][0] for i in todo], max_new_tokens_turn2, temperature, max_batch
     )

@@ -221,7 +221,7 @@ def _cot(ann: Annotation, key: str) -> str | None:
     return ann.cot.get(key) if ann.cot is not None else None
 
 
-def _frame_sample(ann: Annotation, j: int) -> SFTSample:
+def _frame_sample(ann: Annotation, j: int, style: str) -> SFTSample:
     items = [
         PredAnomaly(a.label, (0, 0), {0: list(a.bboxes[j])}, a.reason, a.region)
         for a in ann.anomalies
@@ -235,7 +235,7 @@ def _frame_sample(ann: Annotation, j: int) -> SFTSample:
         fps=ann.fps,
         status=ann.status,
         labels=sorted({a.label or "" for a in items}),
-        prompts=[single_turn_prompt(ann.prompt, 1, fps=ann.fps)],
+        prompts=[single_turn_prompt(ann.prompt, 1, fps=ann.fps, style=style)],
         answers=[answer],
         num_frames=[1],
         loss_turns=[1],
@@ -245,7 +245,7 @@ def _frame_sample(ann: Annotation, j: int) -> SFTSample:
 
 
 def stage1_samples(
-    annotations: Sequence[Annotation], frames_per_video: int = 2, seed: int = 0
+    annotations: Sequence[Annotation], frames_per_video: int = 2, seed: int = 0, prompt_style: str = "full"
 ) -> tuple[list[SFTSample], BuildStats]:
     """Stage-1 single-frame samples (module doc): anomalous frames of single-frame anomalies and as many normal frames.
 
@@ -253,6 +253,7 @@ def stage1_samples(
         annotations: the stage-1 manifest (absolute video paths, :func:`load_stage_manifest`).
         frames_per_video: most anomalous frames taken from one video (the paper: ~10K frames from 5K videos).
         seed: seeds the frame choice.
+        prompt_style: the prompts' style, "full" or "compact" (:mod:`cac_align.reward.prompts`).
 
     Returns:
         ``(samples, stats)``: anomalous samples first, then normal ones, exactly as many of each.
@@ -274,7 +275,7 @@ def stage1_samples(
                 stats.skip("no frame with only boxed single-frame anomalies")
                 continue
             for j in sorted(rng.sample(cands, min(frames_per_video, len(cands)))):
-                anomalous.append(_frame_sample(ann, j))
+                anomalous.append(_frame_sample(ann, j, prompt_style))
         else:
             frames = list(range(n))
             rng.shuffle(frames)
@@ -284,7 +285,7 @@ def stage1_samples(
     while len(normal) < len(anomalous) and any(depth < len(f) for _, f in normal_pool):
         for ann, frames in normal_pool:  # one frame per normal video per round, so frames spread over videos
             if depth < len(frames) and len(normal) < len(anomalous):
-                normal.append(_frame_sample(ann, frames[depth]))
+                normal.append(_frame_sample(ann, frames[depth], prompt_style))
         depth += 1
     m = min(len(anomalous), len(normal))
     if len(anomalous) > m:
@@ -297,7 +298,7 @@ def stage1_samples(
 
 
 # ------------------------------------------------------------------------------------------------------ stage 2
-def _video_sample(ann: Annotation, n: int) -> SFTSample:
+def _video_sample(ann: Annotation, n: int, style: str) -> SFTSample:
     items = [PredAnomaly(a.label, a.frames, {}, a.reason, a.region) for a in ann.anomalies]
     cot = _cot(ann, "turn1")
     answer = format_judgment(ann.status, items, cot if cot is not None else template_cot("video", ann, items), turn=1)
@@ -307,7 +308,7 @@ def _video_sample(ann: Annotation, n: int) -> SFTSample:
         fps=ann.fps,
         status=ann.status,
         labels=sorted(ann.labels),
-        prompts=[turn1_prompt(ann.prompt, n, fps=ann.fps)],
+        prompts=[turn1_prompt(ann.prompt, n, fps=ann.fps, style=style)],
         answers=[answer],
         num_frames=[n],
         loss_turns=[1],
@@ -383,7 +384,13 @@ def _cot_window(ann: Annotation, n: int, max_frames: int, clip_fps: float) -> tu
 
 
 def _clip_sample(
-    ann: Annotation, n: int, window: tuple[int, int], clip_fps: float, cot: str | None, alarm: str | None
+    ann: Annotation,
+    n: int,
+    window: tuple[int, int],
+    clip_fps: float,
+    cot: str | None,
+    alarm: str | None,
+    style: str,
 ) -> SFTSample:
     s, e = window
     m = clip_frames(ann.video, window, ann.fps, clip_fps)
@@ -412,7 +419,10 @@ def _clip_sample(
         fps=ann.fps,
         status=ann.status,
         labels=sorted({a.label or "" for a in items}),
-        prompts=[turn1_prompt(ann.prompt, n, fps=ann.fps), turn2_prompt(ann.prompt, m, fps=clip_fps, window=(s, e))],
+        prompts=[
+            turn1_prompt(ann.prompt, n, fps=ann.fps, style=style),
+            turn2_prompt(ann.prompt, m, fps=clip_fps, window=(s, e), style=style),
+        ],
         answers=[answer1, answer2],
         num_frames=[n, m],
         loss_turns=[2],
@@ -439,6 +449,7 @@ def stage2_samples(
     clip_max_frames: int = 4,
     clips_per_video: int = 1,
     max_frames: int = 64,
+    prompt_style: str = "full",
 ) -> tuple[list[SFTSample], BuildStats]:
     """Stage-2 samples (module doc): whole videos (turn 1) and clips (two-turn, loss on turn 2), each kind 1:1.
 
@@ -451,6 +462,7 @@ def stage2_samples(
         clip_max_frames: most frames of the ``fps`` sequence a clip window spans (4 = 1 s at 4 fps).
         clips_per_video: most clip windows per video (distinct windows).
         max_frames: videos with more frames on their ``fps`` sequence are left out (CaCReward shows at most 64).
+        prompt_style: the prompts' style, "full" or "compact" (:mod:`cac_align.reward.prompts`).
 
     Returns:
         ``(samples, stats)``: anomalous then normal videos, then anomalous then normal clips.
@@ -470,7 +482,7 @@ def stage2_samples(
             stats.skip("anomaly window past the video's end")
             continue
         if videos:
-            vids[ann.status].append(_video_sample(ann, n))
+            vids[ann.status].append(_video_sample(ann, n, prompt_style))
         if not clips:
             continue
         if ann.is_abnormal:
@@ -488,7 +500,7 @@ def stage2_samples(
         for w in sorted(chosen):
             cot = _cot(ann, "turn2") if w == cot_window else None
             alarm = None if ann.is_abnormal else rng.choice(TAXONOMY)
-            cl[ann.status].append(_clip_sample(ann, n, w, clip_fps, cot, alarm))
+            cl[ann.status].append(_clip_sample(ann, n, w, clip_fps, cot, alarm, prompt_style))
     vids["abnormal"], vids["normal"] = _balance(vids["abnormal"], vids["normal"], rng)
     cl["abnormal"], cl["normal"] = _balance(cl["abnormal"], cl["normal"], rng)
     samples = vids["abnormal"] + vids["normal"] + cl["abnormal"] + cl["normal"]
@@ -543,22 +555,32 @@ class SFTDataset(Dataset):
         samples: from :func:`stage1_samples` / :func:`stage2_samples`.
         processor: the model's Qwen3-VL processor.
         max_pixels: per-frame pixel cap (see :func:`video_kwargs_for`).
+        cache: keep each encoded sample after its first access (small datasets seen for many epochs, whose decoding
+            would otherwise cost as much as the training step; each DataLoader worker keeps its own copy).
     """
 
-    def __init__(self, samples: Sequence[SFTSample], processor, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, samples: Sequence[SFTSample], processor, max_pixels: int | None = None, cache: bool = False
+    ) -> None:
         if not samples:
             raise ValueError("SFTDataset: no samples (is the stage manifest empty or unbalanced?)")
         self.samples = list(samples)
         self.processor = processor
         self.video_kwargs = video_kwargs_for(processor, max_pixels)
+        self._cache: dict[int, Encoded] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Encoded:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
         s = self.samples[i]
         turns = [Turn(p, v, a) for p, v, a in zip(s.prompts, load_views(s), s.answers, strict=True)]
-        return encode_conversation(self.processor, turns, loss_turns=s.loss_turns, video_kwargs=self.video_kwargs)
+        enc = encode_conversation(self.processor, turns, loss_turns=s.loss_turns, video_kwargs=self.video_kwargs)
+        if self._cache is not None:
+            self._cache[i] = enc
+        return enc
 
 
 class SFTCollator:

@@ -54,7 +54,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from cac_align.reward.chat import Encoded, collate, encode_answer, encode_user, model_inputs
-from cac_align.reward.prompts import single_turn_prompt, turn1_prompt, turn2_prompt
+from cac_align.reward.prompts import PROMPT_STYLES, single_turn_prompt, turn1_prompt, turn2_prompt
 from cac_align.reward.qwen import IM_END, load_qwen3vl, vision_token_ids
 from cac_align.schema import STATUS_PREFIX, Box, Judgment, PredAnomaly, parse_judgment
 from cac_align.utils import atomic_write_json
@@ -290,6 +290,21 @@ class VideoSource:
 # ----------------------------------------------------------------------------------------------------------------------
 # The reward model
 # ----------------------------------------------------------------------------------------------------------------------
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The CaCReward settings saved in checkpoint folder ``path`` (its ``cac_reward.json``; {} when it has none).
+
+    The training recipes read them too: a checkpoint's ``prompt_style`` decides the prompts it is trained with.
+    """
+    file = Path(path) / SETTINGS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{file}: expected a JSON object of CaCReward settings")
+    return saved
 
 
 class CaCReward:
@@ -309,6 +324,8 @@ class CaCReward:
             processor's per-frame cap. None keeps the checkpoint's setting (768 * 32 * 32 for Qwen3-VL, under which
             480x832 frames keep their size).
         batch_size: most videos per batch (None: all videos of a call in one batch).
+        prompt_style: "full" (the paper's prompts) or "compact" (:mod:`cac_align.reward.prompts`); a checkpoint
+            records the style it was trained with in ``cac_reward.json``.
     """
 
     def __init__(
@@ -324,6 +341,7 @@ class CaCReward:
         max_frames: int = 64,
         max_pixels: int | None = None,
         batch_size: int | None = None,
+        prompt_style: str = "full",
     ) -> None:
         if mode not in ("two-turn", "single-turn"):
             raise ValueError(f"mode must be 'two-turn' or 'single-turn', got {mode!r}")
@@ -335,6 +353,8 @@ class CaCReward:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         if max_pixels is not None and max_pixels < 32 * 32:
             raise ValueError(f"max_pixels must be at least 32 * 32 = 1024, got {max_pixels}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, got {prompt_style!r}")
         self.model = model
         self.processor = processor
         self.mode: Mode = mode
@@ -346,6 +366,7 @@ class CaCReward:
         self.max_frames = max_frames
         self.max_pixels = max_pixels
         self.batch_size = batch_size
+        self.prompt_style = prompt_style
         tok = processor.tokenizer
         self.status = status_tokens(tok)
         self._eos = tok.convert_tokens_to_ids(IM_END)
@@ -367,14 +388,7 @@ class CaCReward:
         ``settings`` (any keyword of the constructor) override the saved ones.
         """
         path = Path(path)
-        saved: dict[str, Any] = {}
-        if (path / SETTINGS_FILE).is_file():
-            try:
-                saved = json.loads((path / SETTINGS_FILE).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path / SETTINGS_FILE}: not valid JSON ({e.msg} at line {e.lineno})") from None
-            if not isinstance(saved, dict):
-                raise ValueError(f"{path / SETTINGS_FILE}: expected a JSON object of CaCReward settings")
+        saved = read_settings(path)
         model, processor = load_qwen3vl(path, device=device, dtype=dtype, attn_implementation=attn_implementation)
         return cls(model, processor, **{**saved, **settings})
 
@@ -390,6 +404,7 @@ class CaCReward:
             "max_frames": self.max_frames,
             "max_pixels": self.max_pixels,
             "batch_size": self.batch_size,
+            "prompt_style": self.prompt_style,
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -473,7 +488,7 @@ class CaCReward:
             frames = self._sample(src, rate)
             n = frames.frames.shape[0]
             builder = single_turn_prompt if self.mode == "single-turn" else turn1_prompt
-            prompt = builder(src.prompt, n, fps=rate)
+            prompt = builder(src.prompt, n, fps=rate, style=self.prompt_style)
             contexts.append(
                 encode_user(self.processor, prompt, frames, first=True, video_kwargs=self._video_kwargs(n))
             )
@@ -497,7 +512,7 @@ class CaCReward:
                 raise ValueError("run_turn2 needs turn-1 results that keep their context (from run_turn1)")
             rate = self._rate((e - s + 1) / first.fps, TURN2_FPS)
             clip = crop_clip(src.video, src.src_fps, s, e, fps=first.fps, clip_fps=rate)
-            prompt = turn2_prompt(src.prompt, clip.frames.shape[0], fps=rate, window=(s, e))
+            prompt = turn2_prompt(src.prompt, clip.frames.shape[0], fps=rate, window=(s, e), style=self.prompt_style)
             ctx = (
                 first.context
                 + encode_answer(self.processor.tokenizer, first.answer_ids)

@@ -11,6 +11,14 @@ placed where the figures put the branches (after the task statement, before the 
 
 Every prompt contains :data:`~cac_align.reward.qwen.VIDEO_BLOCK` exactly once, where the frames go; the answer format
 is that of :func:`cac_align.schema.format_judgment` (keys ``COT``, ``status``, ``anomalies``; one line of JSON).
+
+Two styles (``style=``), one per checkpoint (``prompt_style`` in its ``cac_reward.json``, read by ``CaCReward`` and
+the training recipes so that training and inference always agree):
+
+* ``"full"`` (default): the paper's prompts above, about 900 (turn 1) and 1,100 (turn 2) tokens of instructions.
+* ``"compact"``: the same frames, numbering, window and answer keys in one or two lines (30-60 tokens). For models
+  that cannot read instructions anyway, trained from random weights (the synthetic experiments), where the long
+  prompts would be over 90% of every sequence and of the compute (a departure from the paper).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from __future__ import annotations
 import json
 
 from cac_align.reward.qwen import VIDEO_BLOCK
+
+PROMPT_STYLES = ("full", "compact")
+"""The prompt styles (module doc): the paper's full instructions, or a compact statement of the task."""
 
 TYPE_DEFINITIONS: dict[str, str] = {
     "Object Distortion": "deformation, mutation, clipping artifacts or other structural defects of inanimate objects.",
@@ -140,7 +151,9 @@ _BOX_RULES = (
 )
 
 
-def turn1_prompt(video_prompt: str | None, num_frames: int, fps: float = 4.0, hint: str | None = None) -> str:
+def turn1_prompt(
+    video_prompt: str | None, num_frames: int, fps: float = 4.0, hint: str | None = None, style: str = "full"
+) -> str:
     """The turn-1 prompt (Sec. 3.4, global temporal scan): the whole video sampled at ``fps`` (4 by default).
 
     The answer gives the status and, for each anomaly, the time window ``"Frame s-e"`` on this frame sequence (no
@@ -151,8 +164,13 @@ def turn1_prompt(video_prompt: str | None, num_frames: int, fps: float = 4.0, hi
         num_frames: how many frames the model is shown (numbered Frame 0 .. num_frames - 1).
         fps: the sampling rate of those frames.
         hint: text of a CoT-synthesis hint branch (Fig. S4's pink branches); None at inference.
+        style: "full" (the paper's prompt) or "compact" (module doc).
     """
-    _check(num_frames, fps)
+    _check(num_frames, fps, style)
+    if style == "compact":
+        return _compact(
+            video_prompt, hint, f"Video at {_rate(fps)} fps, Frame 0 to Frame {num_frames - 1}", _COMPACT_TURN1
+        )
     return (
         f"{_ROLE}\n{_video_line(video_prompt)}{_hint_block(hint)}"
         f"The video is sampled at {_rate(fps)} frames per second; its {num_frames} frames are numbered Frame 0 to "
@@ -167,6 +185,7 @@ def turn2_prompt(
     fps: float = 8.0,
     window: tuple[int, int] | None = None,
     hint: str | None = None,
+    style: str = "full",
 ) -> str:
     """The turn-2 prompt (Sec. 3.4, fine-grained spatial reasoning): the clip cut at the turn-1 window, resampled at
     ``fps`` (8 by default), sent after turn 1's answer in the same conversation.
@@ -181,10 +200,15 @@ def turn2_prompt(
         fps: the clip's sampling rate.
         window: the turn-1 window ``(s, e)`` the clip was cut from, stated in the prompt when given.
         hint: text of a CoT-synthesis hint branch (Fig. S4's pink branches); None at inference.
+        style: "full" (the paper's prompt) or "compact" (module doc).
     """
-    _check(num_frames, fps)
+    _check(num_frames, fps, style)
     source = f" (Frames {window[0]}-{window[1]} of the sequence you analysed)" if window is not None else ""
     last = num_frames - 1
+    if style == "compact":
+        return _compact(
+            video_prompt, hint, f"Clip{source} at {_rate(fps)} fps, Frame 0 to Frame {last}", _COMPACT_TURN2
+        )
     item = {**_ITEM_BASE, "Attributed Time Region": f"the frame range, by default the whole clip: Frame 0-{last}"}
     item["BBOX"] = {"Frame 0": _BOX, "Frame 1": _BOX}
     box_rules = (
@@ -201,10 +225,16 @@ def turn2_prompt(
     )
 
 
-def single_turn_prompt(video_prompt: str | None, num_frames: int, fps: float = 4.0, hint: str | None = None) -> str:
+def single_turn_prompt(
+    video_prompt: str | None, num_frames: int, fps: float = 4.0, hint: str | None = None, style: str = "full"
+) -> str:
     """The single-turn prompt of the paper's ablation (Tab. S5, "w/o Inference Strategy"): one answer over the whole
     video at ``fps`` with both the time window and per-frame boxes (BBOX keys are frames of this sequence)."""
-    _check(num_frames, fps)
+    _check(num_frames, fps, style)
+    if style == "compact":
+        return _compact(
+            video_prompt, hint, f"Video at {_rate(fps)} fps, Frame 0 to Frame {num_frames - 1}", _COMPACT_SINGLE
+        )
     item = {
         **_ITEM_BASE,
         "BBOX": {"Frame 4": _BOX, "Frame 5": _BOX},
@@ -222,7 +252,21 @@ def _rate(fps: float) -> str:
     return f"{fps:g}"
 
 
-def _check(num_frames: int, fps: float) -> None:
+_COMPACT_TURN1 = "JSON: COT, status (normal or abnormal), anomalies (time region, label, reason, region)."
+_COMPACT_TURN2 = (
+    "JSON: COT, status (normal or abnormal), anomalies (time region, label, reason, region, BBOX per frame)."
+)
+_COMPACT_SINGLE = _COMPACT_TURN2
+
+
+def _compact(video_prompt: str | None, hint: str | None, frames: str, answer: str) -> str:
+    """A compact prompt: the video's text prompt, a hint if any, what the frames are, the frames, the answer keys."""
+    return f"{_video_line(video_prompt)}{_hint_block(hint)}{frames}:\n{VIDEO_BLOCK}\n{answer}"
+
+
+def _check(num_frames: int, fps: float, style: str = "full") -> None:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {list(PROMPT_STYLES)}, got {style!r}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if not fps > 0:

@@ -41,6 +41,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="only these defect kinds, comma-separated (e.g. flicker,melt; default: all kinds of all five categories)",
     )
+    p.add_argument(
+        "--salient",
+        action="store_true",
+        help="every anomaly large and long, flickers at full strength (a world small from-scratch models can see)",
+    )
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -54,6 +59,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         fps=args.fps,
         kinds=args.kinds,
+        salient=args.salient,
     )
     print(summarize(manifest))
     return 0

@@ -38,7 +38,7 @@ def encode_world(processor, seed: int, n: int, args: argparse.Namespace) -> list
     kinds = None if args.kinds == "all" else args.kinds.split(",")
     out = []
     for i in range(n):
-        v = sample_video(seed, i, (args.size, args.size), args.seconds, 16.0, kinds=kinds)
+        v = sample_video(seed, i, (args.size, args.size), args.seconds, 16.0, kinds=kinds, salient=args.salient)
         frames = torch.from_numpy(render_frames(v.scene, v.defects)[::4]).permute(0, 3, 1, 2).float() / 255
         abnormal = v.annotation.is_abnormal
         if args.cue and abnormal:
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=96, help="square frame size in pixels")
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--salient", action="store_true", help="a salient world: large, long, full-strength anomalies")
     p.add_argument("--cue", action="store_true", help="mark abnormal videos with a white corner square")
     p.add_argument("--single-frame", action="store_true", help="one frame per video (stage-1 style)")
     p.add_argument("--long-prompt", action="store_true", help="the real turn-1 prompt instead of none")

@@ -241,3 +241,32 @@ def test_kinds_restrict_the_anomalies_and_leave_the_default_world_alone(tmp_path
     assert {k for a in read_manifest(out / "manifest.jsonl") for k in a.meta["kinds"]} == {"flicker"}
     with pytest.raises(ValueError, match="kinds"):
         generate(out, num_videos=2, size=(64, 48), seconds=1.0, progress=False)
+
+
+def test_salient_world_makes_every_anomaly_large_and_strong_on_the_same_scenes(tmp_path):
+    size, seconds, fps = (96, 64), 2.0, 8.0
+    plain = [sample_video(5, i, size, seconds, fps, kinds=["flicker"]) for i in range(16)]
+    bold = [sample_video(5, i, size, seconds, fps, kinds=["flicker"], salient=True) for i in range(16)]
+    assert [v.annotation.status for v in bold] == [v.annotation.status for v in plain]
+    assert [v.annotation.prompt for v in bold] == [v.annotation.prompt for v in plain]  # the same scenes
+    flickers = [d for v in bold for d in v.defects]
+    assert flickers and all(d.kind == "flicker" and not d.params["subtle"] for d in flickers)
+    assert any(d.params["subtle"] for v in plain for d in v.defects)  # the plain world has subtle ones
+    # large: the biggest entity's defect where the scene offers a choice, so the boxes are not smaller on average
+    area = [
+        sum((b[2] - b[0]) * (b[3] - b[1]) for bs in a.bboxes.values() for b in bs) / len(a.bboxes)
+        for v in bold
+        for a in v.annotation.anomalies
+    ]
+    area0 = [
+        sum((b[2] - b[0]) * (b[3] - b[1]) for bs in a.bboxes.values() for b in bs) / len(a.bboxes)
+        for v in plain
+        for a in v.annotation.anomalies
+    ]
+    assert sum(area) / len(area) >= sum(area0) / len(area0)
+    out = tmp_path / "salient"
+    args = ["synth", str(out), "--num-videos", "2", "--size", "64x48", "--seconds", "1", "--kinds", "flicker"]
+    assert main([*args, "--salient"]) == 0
+    assert json.loads((out / "world.json").read_text())["salient"] is True
+    with pytest.raises(ValueError, match="salient"):  # a resumed world cannot change its salience
+        main(args)

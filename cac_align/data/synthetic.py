@@ -1070,10 +1070,12 @@ def _sample_defect(
     big: bool,
     prior: list[tuple[Defect, AnomalySpan]],
     allowed: frozenset[str] | None = None,
+    salient: bool = False,
 ) -> tuple[Defect, AnomalySpan] | None:
     """Sample a defect of ``label`` (of a kind in ``allowed``, default any) on an entity without one in ``prior``, so
     that the video (with the ``prior`` anomalies) lands in the CaC-Bench-Hard group given by ``long`` and ``big``;
-    after a few misses the last valid defect is kept. A short second anomaly stays inside the first one's window."""
+    after a few misses the last valid defect is kept. A short second anomaly stays inside the first one's window.
+    ``salient`` turns subtle flickers into full-strength ones (see :func:`sample_video`)."""
     target_split = split_name(1.0 if long else 0.5, 0.5 if big else 0.0)
     used = {d.target for d, _ in prior}
     inside = prior[0][0].window if prior and not long else None
@@ -1097,6 +1099,8 @@ def _sample_defect(
         if window is None:
             continue
         defect = make_defect(rng, scene, label, kind, target, window, big)
+        if salient and kind == "flicker":
+            defect.params["subtle"] = False
         measured = measure_defect(scene, defect, clean)
         if measured is None:
             continue
@@ -1144,9 +1148,10 @@ def _feasible(scene: Scene, allowed: frozenset[str] | None) -> list[str]:
 
 
 def _place_defects(
-    rng: np.random.Generator, scene: Scene, allowed: frozenset[str] | None
+    rng: np.random.Generator, scene: Scene, allowed: frozenset[str] | None, salient: bool = False
 ) -> list[tuple[Defect, AnomalySpan]]:
-    """One anomaly, or two on different entities (one video in four), of kinds in ``allowed``; [] if none fits."""
+    """One anomaly, or two on different entities (one video in four), of kinds in ``allowed``; [] if none fits.
+    ``salient``: every video in the large-and-long group, flickers at full strength (:func:`sample_video`)."""
     clean = render_frames(scene)
     feasible = _feasible(scene, allowed)
     weights = np.array([_CATEGORY_WEIGHTS[c] for c in feasible])
@@ -1154,12 +1159,14 @@ def _place_defects(
     large = max(_extent(scene.entity(t))[0] * _extent(scene.entity(t))[1] for t in _all_targets(scene))
     p_big = 0.8 if large >= 0.12 * scene.width * scene.height else 0.15
     long, big = bool(rng.random() < 0.5), bool(rng.random() < p_big)  # the video's CaC-Bench-Hard group
+    if salient:  # drawn all the same, so that the generator's stream stays that of the default world
+        big = True
     placed: list[tuple[Defect, AnomalySpan]] = []
     for _ in range(n_anoms):
         label = str(rng.choice(feasible, p=weights / weights.sum()))
-        got = _sample_defect(rng, scene, label, clean, long, big, placed, allowed)
+        got = _sample_defect(rng, scene, label, clean, long, big, placed, allowed, salient)
         if got is None and not placed:  # the label had nothing left: fall back to any movable entity
-            got = _sample_defect(rng, scene, "Motion Anomalies", clean, long, big, placed, allowed)
+            got = _sample_defect(rng, scene, "Motion Anomalies", clean, long, big, placed, allowed, salient)
         if got is not None:
             placed.append(got)
     return placed
@@ -1172,6 +1179,7 @@ def sample_video(
     seconds: float = 4.0,
     fps: float = 16.0,
     kinds: Sequence[str] | None = None,
+    salient: bool = False,
 ) -> SynthVideo:
     """Sample video ``index`` of the world ``seed``: its scene, defects and measured ground truth (nothing written).
 
@@ -1179,6 +1187,9 @@ def sample_video(
     second anomaly on another entity. ``kinds`` restricts the anomalies to those defect kinds (names of
     :data:`KINDS`, e.g. ``["vanish", "melt"]``); an abnormal video whose scene has no entity for any of them draws
     its scene again from the same generator. ``kinds=None`` (all kinds) gives the default world, unchanged.
+    ``salient=True`` puts every anomalous video in the large-and-long group of CaC-Bench-Hard (App. B) and renders
+    flickers at full strength: a world whose anomalies a small model trained from random weights can learn to see
+    (``experiments/synthetic_three_stage.py``); the scenes and which videos are anomalous stay those of the world.
     """
     _check_timing(size, seconds, fps)
     allowed = check_kinds(kinds)
@@ -1190,7 +1201,7 @@ def sample_video(
     for _ in range(1 if allowed is None else 50):  # with restricted kinds, a scene that cannot show them is redrawn
         scene = sample_scene(rng, size, seconds, fps)
         if abnormal and _feasible(scene, allowed):
-            placed = _place_defects(rng, scene, allowed)
+            placed = _place_defects(rng, scene, allowed, salient)
         if not abnormal or placed:
             break
     if abnormal and not placed:
@@ -1226,12 +1237,14 @@ def generate(
     fps: float = 16.0,
     progress: bool = True,
     kinds: Sequence[str] | None = None,
+    salient: bool = False,
 ) -> Path:
     """Render ``num_videos`` videos into ``out/videos/`` and write ``out/manifest.jsonl`` and ``out/world.json``.
 
-    ``kinds`` restricts the anomalies to those defect kinds (see :func:`sample_video`). Resumable: videos already on
+    ``kinds`` restricts the anomalies to those defect kinds, ``salient`` makes them all large, long and strong (see
+    :func:`sample_video`). Resumable: videos already on
     disk are not re-rendered (their ground truth is re-derived from the seed, which is cheap), and the manifest is
-    rewritten atomically. Re-running on an ``out`` made with another seed, size, length, frame rate or kinds raises
+    rewritten atomically. Re-running on an ``out`` made with another seed, size, length, frame rate, kinds or salience raises
     ValueError. Returns the manifest path.
     """
     import torch
@@ -1253,11 +1266,13 @@ def generate(
         "annotation_fps": ANNOTATION_FPS,
         "num_videos": num_videos,
         "kinds": sorted(check_kinds(kinds)) if kinds is not None else None,
+        "salient": bool(salient),
     }
     world_path = out / "world.json"
     if world_path.is_file():
         old = json.loads(world_path.read_text(encoding="utf-8"))
-        for key in ("version", "seed", "size", "seconds", "fps", "kinds"):
+        old.setdefault("salient", False)  # worlds written before the option existed
+        for key in ("version", "seed", "size", "seconds", "fps", "kinds", "salient"):
             if old.get(key) != world[key]:
                 raise ValueError(
                     f"{world_path}: field '{key}' is {old.get(key)!r} but this run asks for {world[key]!r}; "
@@ -1266,7 +1281,7 @@ def generate(
     atomic_write_json(world_path, world)
     annotations = []
     for i in tqdm(range(num_videos), desc="synth", unit="video", disable=not progress):
-        video = sample_video(seed, i, size, seconds, fps, kinds)
+        video = sample_video(seed, i, size, seconds, fps, kinds, salient)
         path = out / video.annotation.video
         if not path.is_file():
             frames = torch.from_numpy(render_frames(video.scene, video.defects)).permute(0, 3, 1, 2)

@@ -34,11 +34,6 @@ batch sizes are our choices (the paper gives neither). Resuming is exact: the da
 (:class:`~cac_align.data.stages.StepSampler`) and the checkpoints hold weights, optimizer, scheduler and RNG states.
 """
 
-import json
-import math
-import os
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,12 +52,12 @@ from cac_align.data.stages import (
     stage1_samples,
     write_samples,
 )
-from cac_align.reward.cac import SETTINGS_FILE, read_settings
+from cac_align.reward.cac import read_settings
 from cac_align.reward.qwen import load_qwen3vl
-from cac_align.reward.sft import LORA_TARGETS, lora_config, sft_loss
-from cac_align.testing import build_tiny_cac
-from cac_align.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from cac_align.train.logging import MetricLogger, Timer, progress
+from cac_align.reward.sft import LORA_TARGETS, lora_config, lr_factor, sft_loop
+from cac_align.reward.training import DTYPES, resolve_init, resume_state, save_final, save_state
+from cac_align.train.checkpoint import latest_checkpoint
+from cac_align.train.logging import MetricLogger
 from cac_align.utils import atomic_write_json
 
 
@@ -161,18 +156,6 @@ class Stage1Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Learning-rate factor after ``step`` optimizer steps: linear warmup, then cosine decay to 0 or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 # ------------------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> Path | None:
     """Run stage 1; returns the final checkpoint folder (None when ``train.stop_at_step`` ended the run early)."""
@@ -202,15 +185,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
         raise SystemExit(f"stage1: {ckpt_dir} already has checkpoints; pass resume=true or another output_dir")
 
-    init = Path(cfg.init_from)
-    if cfg.init_from == "tiny":
-        init = out / "init"
-        if accelerator.is_main_process and not (init / "config.json").is_file():
-            tmp = out / ".tmp_init"
-            shutil.rmtree(tmp, ignore_errors=True)
-            build_tiny_cac(tmp, seed=cfg.seed, vocab="bpe")
-            os.replace(tmp, init)
-        accelerator.wait_for_everyone()
+    init = resolve_init(cfg.init_from, out, cfg.seed, accelerator)
     model, processor = load_qwen3vl(init, dtype=DTYPES[cfg.dtype])
     prompt_style = cfg.prompt_style or read_settings(init).get("prompt_style", "full")
     model.train()
@@ -244,22 +219,18 @@ def main(argv: list[str] | None = None) -> Path | None:
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     # Stepped by hand once per optimizer step: accelerate's prepared scheduler steps once per process.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, t.warmup_steps, t.max_steps, t.schedule)
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.schedule)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if deepspeed:
         accelerator.register_for_checkpointing(scheduler)
 
-    step = 0
-    resume_from = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    step, resume_from = 0, None
+    if cfg.resume:  # the newest complete checkpoint, if any
+        step, resume_from = resume_state(
+            accelerator, ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, deepspeed=deepspeed
+        )
     if resume_from is not None:
-        if deepspeed:
-            accelerator.load_state(str(resume_from))
-            step = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))["step"]
-        else:
-            step = load_checkpoint(
-                resume_from, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
-            ).step
         accelerator.print(f"stage1: resumed from {resume_from} at step {step}")
 
     sampler = StepSampler(
@@ -274,116 +245,59 @@ def main(argv: list[str] | None = None) -> Path | None:
         generator=torch.Generator().manual_seed(cfg.seed),  # its worker seeds must not draw from the global RNG,
     )  # which a resumed run has restored to the interrupted run's state
 
-    def save_state(step: int) -> None:
-        """A full training checkpoint at ``step`` (atomic; DeepSpeed's sharded state through accelerate)."""
-        if not deepspeed:
-            save_checkpoint(
-                ckpt_dir,
-                step,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                data_state={"micro_batch": step * t.grad_accum},
-                trainable_only=cfg.lora.enabled,
-                keep_last=t.keep_last,
-                accelerator=accelerator,
-            )
-            return
-        final, tmp = ckpt_dir / f"step_{step:08d}", ckpt_dir / f".tmp_step_{step:08d}"
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
-            (tmp / "COMPLETE").write_text(f"{step}\n", encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        accelerator.wait_for_everyone()
+    def checkpoint(step: int) -> None:  # full training state, atomic (cac_align.reward.training)
+        save_state(
+            accelerator,
+            ckpt_dir,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            data_state={"micro_batch": step * t.grad_accum},
+            trainable_only=cfg.lora.enabled,
+            keep_last=t.keep_last,
+            deepspeed=deepspeed,
+        )
 
     # ------------------------------------------------------------------------------------------------------- loop
+    # answer-only cross-entropy (cac_align.reward.sft.sft_loss), one optimizer step per grad_accum micro-batches
     logger = MetricLogger(out, cfg.log.report_to, project=cfg.log.project, config=config_to_dict(cfg))
-    timer = Timer()
-    batches = iter(loader)
-    bar = progress(total=t.max_steps, initial=step, desc="stage1", unit="step")
-    stopped = False
-    while step < t.max_steps:
-        start = time.perf_counter()
-        losses = []
-        tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # all tokens of the step
-        targets = torch.zeros((), dtype=torch.long, device=accelerator.device)  # tokens with loss
-        grad_norm = None
-        lr = scheduler.get_last_lr()[0]
-        for _ in range(t.grad_accum):
-            with timer("data"):
-                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-            with timer("train"), accelerator.accumulate(model):
-                loss, n = sft_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm is not None:
-                    grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-            tokens += batch["attention_mask"].sum()
-            targets += n
-        scheduler.step()
-        step += 1
-        bar.update(1)
-
-        # -------------------------------------------------------------------------------------------------- log
-        if step % cfg.log.every == 0 or step == t.max_steps:
-            mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
-            all_tokens, all_targets = accelerator.reduce(torch.stack([tokens, targets]), "sum").tolist()
-            seconds = time.perf_counter() - start
-            metrics = {
-                "train/loss": mean_loss,
-                "train/lr": lr,
-                "train/grad_norm": grad_norm,
-                "train/tokens_per_s": all_tokens / seconds,
-                "train/answer_tokens": all_targets,
-                **timer.pop(),
-            }
-            logger.log(metrics, step)
-            bar.set_postfix(loss=f"{float(mean_loss):.4f}", lr=f"{lr:.2e}")
-
-        # ------------------------------------------------------------------------------------------------- save
-        if step % t.save_every == 0 or step == t.max_steps or step == t.stop_at_step:
-            save_state(step)
-        if t.stop_at_step is not None and step >= t.stop_at_step and step < t.max_steps:
-            stopped = True
-            break
-    bar.close()
+    step = sft_loop(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        step=step,
+        max_steps=t.max_steps,
+        grad_accum=t.grad_accum,
+        max_grad_norm=t.max_grad_norm,
+        log_every=cfg.log.every,
+        save_every=t.save_every,
+        stop_at_step=t.stop_at_step,
+        logger=logger,
+        checkpoint=checkpoint,
+        desc="stage1",
+    )
     logger.close()
-    if stopped:
+    if step < t.max_steps:
         accelerator.print(f"stage1: stopped at step {step} (train.stop_at_step); resume=true continues")
         return None
 
     # -------------------------------------------------------------------------------------------------- final save
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    state = accelerator.get_state_dict(model) if zero3 else None  # ZeRO-3: gather the shards (on every rank)
-    final = out / "final"
-    if accelerator.is_main_process:
-        if cfg.lora.enabled:
-            tmp_adapter = out / ".tmp_adapter"
-            shutil.rmtree(tmp_adapter, ignore_errors=True)
-            unwrapped.save_pretrained(tmp_adapter)
-            shutil.rmtree(out / "adapter", ignore_errors=True)
-            os.replace(tmp_adapter, out / "adapter")
-            unwrapped = unwrapped.merge_and_unload()  # W + (alpha / r) B A in every targeted layer
-        unwrapped.to(DTYPES[cfg.save_dtype])
-        if state is not None:
-            state = {k: v.to(DTYPES[cfg.save_dtype]) if v.is_floating_point() else v for k, v in state.items()}
-        tmp = out / ".tmp_final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, state_dict=state)
-        processor.save_pretrained(tmp)
-        settings = {**read_settings(init), "prompt_style": prompt_style}
-        if cfg.data.max_pixels is not None:
-            settings["max_pixels"] = cfg.data.max_pixels
-        atomic_write_json(tmp / SETTINGS_FILE, settings)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        print(f"stage1: wrote {final}")
-    accelerator.wait_for_everyone()
+    final = save_final(
+        accelerator,
+        model,
+        processor,
+        out,
+        init=init,
+        lora=cfg.lora.enabled,
+        save_dtype=cfg.save_dtype,
+        prompt_style=prompt_style,
+        max_pixels=cfg.data.max_pixels,
+        zero3=zero3,
+    )
+    accelerator.print(f"stage1: wrote {final}")
     return final
 
 

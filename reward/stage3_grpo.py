@@ -59,11 +59,8 @@ Where the paper is silent or this departs from it:
   constant; the paper gives no schedule.
 """
 
-import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +74,16 @@ from cac_align.algos.grpo import group_advantages, grpo_loss
 from cac_align.algos.rollout import RolloutInput, rollout_logprobs, two_turn_rollouts
 from cac_align.config import config_to_dict, load_config, save_config
 from cac_align.data.stages import StepSampler, load_stage_manifest, video_kwargs_for
-from cac_align.reward.cac import SETTINGS_FILE, read_settings
+from cac_align.reward.cac import read_settings
 from cac_align.reward.chat import collate
 from cac_align.reward.qwen import load_qwen3vl, vision_token_ids
 from cac_align.reward.sft import LORA_TARGETS, lora_config
+from cac_align.reward.training import DTYPES, resolve_init, resume_state, save_final, save_state
 from cac_align.rewards import rollout_reward
 from cac_align.schema import Annotation
-from cac_align.testing import build_tiny_cac
-from cac_align.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cac_align.train.checkpoint import latest_checkpoint
 from cac_align.train.logging import MetricLogger, Timer, progress
-from cac_align.utils import append_jsonl, atomic_write_json
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from cac_align.utils import append_jsonl
 
 
 # ----------------------------------------------------------------------------------------------------------- config
@@ -328,15 +323,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
         raise SystemExit(f"stage3: {ckpt_dir} already has checkpoints; pass resume=true or another output_dir")
 
-    init = Path(cfg.init_from)
-    if cfg.init_from == "tiny":
-        init = out / "init"
-        if accelerator.is_main_process and not (init / "config.json").is_file():
-            tmp = out / ".tmp_init"
-            shutil.rmtree(tmp, ignore_errors=True)
-            build_tiny_cac(tmp, seed=cfg.seed, vocab="bpe")
-            os.replace(tmp, init)
-        accelerator.wait_for_everyone()
+    init = resolve_init(cfg.init_from, out, cfg.seed, accelerator)
     model, processor = load_qwen3vl(init, dtype=DTYPES[cfg.dtype])
     prompt_style = cfg.prompt_style or read_settings(init).get("prompt_style", "full")
     if t.gradient_checkpointing:
@@ -373,16 +360,12 @@ def main(argv: list[str] | None = None) -> Path | None:
         accelerator.register_for_checkpointing(scheduler)
     set_seed(cfg.seed + accelerator.process_index)  # weights are built alike on every rank; sampling differs
 
-    step = 0
-    resume_from = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    step, resume_from = 0, None
+    if cfg.resume:  # the newest complete checkpoint, if any
+        step, resume_from = resume_state(
+            accelerator, ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, deepspeed=deepspeed
+        )
     if resume_from is not None:
-        if deepspeed:
-            accelerator.load_state(str(resume_from))
-            step = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))["step"]
-        else:
-            step = load_checkpoint(
-                resume_from, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator
-            ).step
         accelerator.print(f"stage3: resumed from {resume_from} at step {step}")
 
     # Step s of process r takes positions (s W + r) V .. + V of a seeded endless order of the videos.
@@ -393,30 +376,6 @@ def main(argv: list[str] | None = None) -> Path | None:
     video_kwargs = video_kwargs_for(processor, cfg.data.max_pixels)
     w = cfg.weights
     weights = (w.format, w.status, w.type, w.temporal, w.spatial)
-
-    def save_state(step: int) -> None:
-        """A full training checkpoint at ``step`` (atomic; DeepSpeed's sharded state through accelerate)."""
-        if not deepspeed:
-            save_checkpoint(
-                ckpt_dir,
-                step,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                data_state={"step": step},
-                trainable_only=cfg.lora.enabled,
-                keep_last=t.keep_last,
-                accelerator=accelerator,
-            )
-            return
-        final, tmp = ckpt_dir / f"step_{step:08d}", ckpt_dir / f".tmp_step_{step:08d}"
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n", encoding="utf-8")
-            (tmp / "COMPLETE").write_text(f"{step}\n", encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------------- loop
     logger = MetricLogger(out, cfg.log.report_to, project=cfg.log.project, config=config_to_dict(cfg))
@@ -561,7 +520,18 @@ def main(argv: list[str] | None = None) -> Path | None:
 
         # --------------------------------------------------------------------------------------------------- save
         if step % t.save_every == 0 or step == t.max_steps or step == t.stop_at_step:
-            save_state(step)
+            save_state(
+                accelerator,
+                ckpt_dir,
+                step,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                data_state={"step": step},
+                trainable_only=cfg.lora.enabled,
+                keep_last=t.keep_last,
+                deepspeed=deepspeed,
+            )
         if t.stop_at_step is not None and step >= t.stop_at_step and step < t.max_steps:
             stopped = True
             break
@@ -573,30 +543,18 @@ def main(argv: list[str] | None = None) -> Path | None:
         return None
 
     # -------------------------------------------------------------------------------------------------- final save
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    final = out / "final"
-    if accelerator.is_main_process:
-        if cfg.lora.enabled:
-            tmp_adapter = out / ".tmp_adapter"
-            shutil.rmtree(tmp_adapter, ignore_errors=True)
-            unwrapped.save_pretrained(tmp_adapter)
-            shutil.rmtree(out / "adapter", ignore_errors=True)
-            os.replace(tmp_adapter, out / "adapter")
-            unwrapped = unwrapped.merge_and_unload()  # W + (alpha / r) B A in every targeted layer
-        unwrapped.to(DTYPES[cfg.save_dtype])
-        tmp = out / ".tmp_final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        settings = {**read_settings(init), "prompt_style": prompt_style}
-        if cfg.data.max_pixels is not None:
-            settings["max_pixels"] = cfg.data.max_pixels
-        atomic_write_json(tmp / SETTINGS_FILE, settings)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        print(f"stage3: wrote {final}")
-    accelerator.wait_for_everyone()
+    final = save_final(
+        accelerator,
+        model,
+        processor,
+        out,
+        init=init,
+        lora=cfg.lora.enabled,
+        save_dtype=cfg.save_dtype,
+        prompt_style=prompt_style,
+        max_pixels=cfg.data.max_pixels,
+    )
+    accelerator.print(f"stage3: wrote {final}")
     accelerator.end_training()
     return final
 

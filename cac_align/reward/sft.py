@@ -6,16 +6,28 @@
   ("All training stages unfreeze the full pipeline, including the ViT encoder, the adapter, and the LLM", Sec. 4):
   the language model's attention and MLP projections, the vision blocks' ``attn.qkv``/``attn.proj``/``mlp.linear_fc1/2``
   and the patch mergers (``visual.merger`` and the DeepStack ``deepstack_merger_list``).
+* :func:`lr_factor` - the learning-rate schedule of both stages: linear warmup, then cosine decay or constant.
+* :func:`sft_loop` - the training loop both recipes run (micro-batches of :func:`sft_loss`, one optimizer step per
+  ``grad_accum`` of them, rank-0 logging and full-state checkpoints); everything around it stays in the recipes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cac_align.reward.chat import IGNORE_INDEX, model_inputs
+from cac_align.train.logging import Timer, progress
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from cac_align.train.logging import MetricLogger
 
 LORA_TARGETS = (
     r".*\.(language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -61,3 +73,91 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, to
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     return loss / n, n
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate factor after ``step`` optimizer steps: linear warmup over ``warmup`` steps, then cosine decay to
+    0 at ``total`` (``schedule="cosine"``) or constant (``"constant"``); the paper gives no schedule."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def sft_loop(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    step: int,
+    max_steps: int,
+    grad_accum: int,
+    max_grad_norm: float | None,
+    log_every: int,
+    save_every: int,
+    stop_at_step: int | None,
+    logger: MetricLogger,
+    checkpoint: Callable[[int], None],
+    desc: str,
+) -> int:
+    """Train from optimizer step ``step`` to ``max_steps`` (or to ``stop_at_step``); returns the step it ended at.
+
+    Each step runs ``grad_accum`` micro-batches from ``batches`` (an endless iterator, positioned at ``step``) through
+    :func:`sft_loss` under ``accelerator.accumulate``, so that DDP and DeepSpeed synchronise and step once, then
+    steps ``scheduler`` by hand (accelerate's prepared scheduler would step once per process). Every ``log_every``
+    steps and at the end, the process-mean loss, learning rate, gradient norm, tokens per second and the step's
+    summed answer tokens go to ``logger`` (rank 0 writes). ``checkpoint(step)`` is called on every rank every
+    ``save_every`` steps, at ``max_steps`` and at ``stop_at_step``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    timer = Timer()
+    batches = iter(batches)
+    bar = progress(total=max_steps, initial=step, desc=desc, unit="step")
+    while step < max_steps:
+        start = time.perf_counter()
+        losses = []
+        tokens = torch.zeros((), dtype=torch.long, device=accelerator.device)  # all tokens of the step
+        targets = torch.zeros((), dtype=torch.long, device=accelerator.device)  # tokens with loss
+        grad_norm = None
+        lr = scheduler.get_last_lr()[0]
+        for _ in range(grad_accum):
+            with timer("data"):
+                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            with timer("train"), accelerator.accumulate(model):
+                loss, n = sft_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and max_grad_norm is not None:
+                    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            tokens += batch["attention_mask"].sum()
+            targets += n
+        scheduler.step()
+        step += 1
+        bar.update(1)
+
+        if step % log_every == 0 or step == max_steps:
+            mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean")
+            all_tokens, all_targets = accelerator.reduce(torch.stack([tokens, targets]), "sum").tolist()
+            seconds = time.perf_counter() - start
+            metrics = {
+                "train/loss": mean_loss,
+                "train/lr": lr,
+                "train/grad_norm": grad_norm,
+                "train/tokens_per_s": all_tokens / seconds,
+                "train/answer_tokens": all_targets,
+                **timer.pop(),
+            }
+            logger.log(metrics, step)
+            bar.set_postfix(loss=f"{float(mean_loss):.4f}", lr=f"{lr:.2e}")
+
+        if step % save_every == 0 or step == max_steps or step == stop_at_step:
+            checkpoint(step)
+        if stop_at_step is not None and stop_at_step <= step < max_steps:
+            break
+    bar.close()
+    return step

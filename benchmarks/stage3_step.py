@@ -1,6 +1,6 @@
 """Time and peak GPU memory of one stage-3 step (two-turn GRPO, reward/stage3_grpo.py) at the Qwen3-VL-8B size.
 
-Setting: the Qwen3-VL-8B architecture with random weights (config from ``benchmarks/reward_latency.py``: text 36
+Setting: the Qwen3-VL-8B architecture with random weights (:func:`cac_align.testing.qwen3_vl_8b_config`: text 36
 layers, hidden 4096, 32 / 8 heads of 128, MLP 12288, vocab 151936; vision 27 blocks, hidden 1152, MLP 4304, 16 heads,
 patch 16, DeepStack at 8/16/24, interleaved M-RoPE [24, 20, 20]) in bf16 with LoRA (rank 32 on the LLM, the ViT and
 the mergers, the recipe's targets), one 5 s 480x832 video at 16 fps, G = 8 rollouts. One step is what the recipe runs:
@@ -26,7 +26,6 @@ Results are printed and, with ``--out``, written as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,7 +45,7 @@ from cac_align.algos.rollout import (
 from cac_align.reward.chat import collate
 from cac_align.reward.qwen import build_processor, vision_token_ids
 from cac_align.reward.sft import LORA_TARGETS, lora_config
-from cac_align.testing import qwen3_tokenizer, tiny_qwen3vl_config
+from cac_align.testing import qwen3_tokenizer, qwen3_vl_8b_config, tiny_qwen3vl_config
 from cac_align.utils import atomic_write_json
 
 PAPER = {
@@ -102,15 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _qwen3_vl_8b_config(tokenizer):
-    """``qwen3_vl_8b_config`` of the sibling ``reward_latency.py`` benchmark (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("reward_latency", Path(__file__).with_name("reward_latency.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.qwen3_vl_8b_config(tokenizer)
-
-
 def build(args: argparse.Namespace):
     """The policy (LoRA over random weights), its processor and an AdamW over the adapters."""
     from peft import get_peft_model
@@ -121,7 +111,7 @@ def build(args: argparse.Namespace):
     if args.tiny:
         model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tokenizer))
     else:
-        config = _qwen3_vl_8b_config(tokenizer)
+        config = qwen3_vl_8b_config(tokenizer)
         config._attn_implementation = args.attn
         with torch.device("cuda"):
             model = Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)

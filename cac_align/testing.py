@@ -218,6 +218,56 @@ def tiny_qwen3vl_config(
     )
 
 
+def qwen3_vl_8b_config(tokenizer):
+    """The Qwen3-VL-8B architecture (the paper's reward model, Sec. 4) from its published sizes (text: 36 layers, hidden 4096, 32 heads / 8 KV heads of
+    128, MLP 12288, vocab 151936; vision: 27 blocks, hidden 1152, MLP 4304, 16 heads, patch 16, DeepStack at
+    8/16/24; interleaved M-RoPE [24, 20, 20]), wired to ``tokenizer``'s special-token ids. For real-size
+    timing and memory checks with random weights (``benchmarks/``); 8.77B parameters."""
+    from transformers import Qwen3VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_END, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END])
+    pad, eos, image, video, v_start, v_end = ids
+    return Qwen3VLConfig(
+        text_config={
+            "vocab_size": 151936,
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+            "pad_token_id": pad,
+            "eos_token_id": eos,
+        },
+        vision_config={
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "patch_size": 16,
+            "temporal_patch_size": 2,
+            "spatial_merge_size": 2,
+            "out_hidden_size": 4096,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [8, 16, 24],
+            "hidden_act": "gelu_pytorch_tanh",
+        },
+        image_token_id=image,
+        video_token_id=video,
+        vision_start_token_id=v_start,
+        vision_end_token_id=v_end,
+        tie_word_embeddings=False,
+    )
+
+
 def build_tiny_qwen3vl(
     path: str | Path,
     seed: int = 0,

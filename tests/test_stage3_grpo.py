@@ -32,7 +32,7 @@ from cac_align.reward.prompts import turn2_prompt
 from cac_align.reward.qwen import IM_END, VIDEO_PAD, load_qwen3vl, vision_token_ids
 from cac_align.rewards import rollout_reward
 from cac_align.schema import PredAnomaly, format_judgment, parse_judgment, read_manifest
-from cac_align.testing import build_tiny_cac, qwen3_tokenizer
+from cac_align.testing import build_tiny_cac, qwen3_tokenizer, qwen3_vl_8b_config
 from cac_align.testing_dist import run_distributed
 from cac_align.video import crop_clip
 
@@ -393,7 +393,7 @@ def test_benchmark_runs_tiny_and_builds_the_8b_config(tmp_path):
     assert step["videos_per_rollout"] == 2 and step["seconds_step"] > 0
     assert step["generated_tokens_per_rollout"] == 8 + 6  # fixed lengths; the closing <|im_end|>s carry no loss
     # the GPU setting's architecture: Qwen3-VL-8B's published sizes, built on the meta device (no memory)
-    config = bench["_qwen3_vl_8b_config"](qwen3_tokenizer("bpe"))
+    config = qwen3_vl_8b_config(qwen3_tokenizer("bpe"))
     with torch.device("meta"):
         model = Qwen3VLForConditionalGeneration(config)
     n = sum(p.numel() for p in model.parameters())

@@ -54,8 +54,9 @@ recipe's departures):
   samples.
 
 What it shows: ``experiments/RESULTS.md``, whose section this script writes, has the table, the training curves and
-a verdict per stage computed from them (:func:`verdicts`: with against without the stage, on held-out status
-accuracy and reward AUC against their standard errors), so that the text always matches the numbers of the run.
+a verdict per stage computed from them (:func:`verdicts`: with against without the stage on the held-out videos,
+a paired bootstrap of the status accuracy and reward AUC, and of the share of valid turn-2 answers), so that the text
+always matches the numbers of the run.
 """
 
 import argparse
@@ -71,6 +72,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cac_align.data.splits import build_splits
@@ -307,6 +309,7 @@ def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str
     m = json.loads((bench / "metrics.json").read_text(encoding="utf-8"))
     preds = sorted(read_jsonl(bench / "predictions.jsonl"), key=lambda r: r["index"])
     first_turn = 2 if mode == "single-turn" else 1  # the single-turn answer carries boxes, as a turn-2 answer does
+    turn2 = [parse_judgment(r["answers"][1], 2).valid if len(r["answers"]) > 1 else None for r in preds]
     return {
         "status_acc": m["table1"]["accuracy"],
         "anomalous_recall": m["table1"]["anomalous"]["recall"],
@@ -316,11 +319,9 @@ def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str
         "valid_turn1": sum(parse_judgment(r["answers"][0], first_turn).valid for r in preds) / len(preds),
         "turn2_rate": sum(len(r["answers"]) > 1 for r in preds) / len(preds),
         # of the answers that reached turn 2, the share whose turn-2 answer is valid (Eq. 2): boxes need it
-        "valid_turn2": (
-            sum(parse_judgment(r["answers"][1], 2).valid for r in two) / len(two)
-            if (two := [r for r in preds if len(r["answers"]) > 1])
-            else None
-        ),
+        "valid_turn2": (sum(v for v in turn2 if v is not None) / n)
+        if (n := sum(v is not None for v in turn2))
+        else None,
         # Eq. 7 is high for normal videos: AUC of the reward with normal as the positive class
         "reward_auc": roc_auc([r["score"] for r in preds], [not a.is_abnormal for a in annotations]),
         # per defect kind (the motion world's flickers, the distortion world's melts): anomalous videos called so
@@ -328,6 +329,12 @@ def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str
             kind: sum(r["status"] == "abnormal" for r in hits) / len(hits)
             for kind in sorted({k for a in annotations for k in a.meta.get("kinds", [])})
             if (hits := [r for r, a in zip(preds, annotations, strict=True) if kind in a.meta.get("kinds", [])])
+        },
+        # per held-out video, what the paired bootstrap of :func:`verdicts` resamples
+        "per_video": {
+            "correct": [r["status"] == a.status for r, a in zip(preds, annotations, strict=True)],
+            "score": [r["score"] for r in preds],
+            "valid_turn2": turn2,  # None where the answer ended after turn 1
         },
     }
 
@@ -414,7 +421,7 @@ def plot(rows: list[dict], png: Path) -> Path:
 
     names = ["status acc.", "anom. recall", "normal recall", "temporal IoU", "spatial IoU", "reward AUC"]
     keys = (*METRICS, "reward_auc")
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(keys))]
@@ -423,7 +430,7 @@ def plot(rows: list[dict], png: Path) -> Path:
     ax.set_xticks(range(len(keys)), names)
     ax.set_ylim(0, 1.05)
     ax.set_title("CaC stages on the synthetic world (held-out split, ~1M-parameter Qwen3-VL from random weights)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -474,41 +481,95 @@ def findings(rows: list[dict], n_abnormal: int, n_normal: int) -> str:
     )
 
 
-def verdicts(rows: list[dict], curves: dict, n_abnormal: int, n_normal: int) -> str:
+# What "does the stage help?" is decided on: the status (the paper's Tab. 3 reports accuracy) and the turn-2 answer
+# that spatial grounding needs, each against the bootstrap's 95% interval.
+VERDICT_METRICS = {"status_acc": "status accuracy", "reward_auc": "reward AUC", "valid_turn2": "valid turn-2 answers"}
+
+
+def resampled_metrics(row: dict, counts: np.ndarray, normal: np.ndarray) -> dict[str, np.ndarray]:
+    """The :data:`VERDICT_METRICS` of one model on each resample of the held-out videos, a resample being how often
+    each video is drawn (``counts``, draws x videos; a row of ones is the held-out split itself). The AUC is
+    :func:`roc_auc` with every pair weighted by the two videos' counts."""
+    v = row["per_video"]
+    score = np.asarray(v["score"], dtype=float)
+    wins = (score[:, None] > score[None, :]) + 0.5 * (score[:, None] == score[None, :])
+    pos, neg = counts * normal, counts * (1.0 - normal)
+    reached = np.asarray([x is not None for x in v["valid_turn2"]], dtype=float)
+    valid = np.asarray([bool(x) for x in v["valid_turn2"]], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without normal videos or turn-2 answers
+        return {
+            "status_acc": counts @ np.asarray(v["correct"], dtype=float) / counts.sum(1),
+            "reward_auc": ((pos @ wins) * neg).sum(1) / (pos.sum(1) * neg.sum(1)),
+            "valid_turn2": (counts @ valid) / (counts @ reached),
+        }
+
+
+def paired_bootstrap(
+    with_: dict, without: dict, normal: list[bool], draws: int = 2000, seed: int = 0
+) -> dict[str, tuple[float, float, float] | None]:
+    """Per :data:`VERDICT_METRICS` key, the difference ``with_ - without`` on the held-out split and its 95%
+    percentile interval over ``draws`` resamples of the held-out videos with replacement, the same resample for both
+    models (they judged the same videos: the comparison is paired); None where a model never answered it."""
+    n = len(normal)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
+    lab = np.asarray(normal, dtype=float)
+    a, b = resampled_metrics(with_, counts, lab), resampled_metrics(without, counts, lab)
+    out: dict[str, tuple[float, float, float] | None] = {}
+    for key in VERDICT_METRICS:
+        d = (a[key] - b[key])[np.isfinite(a[key] - b[key])]
+        if with_[key] is None or without[key] is None or not d.size:
+            out[key] = None
+            continue
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        out[key] = (with_[key] - without[key], float(lo), float(hi))
+    return out
+
+
+def verdict(diffs: list[tuple[float, float, float] | None]) -> str:
+    """The word for a set of differences (:func:`paired_bootstrap`): "helps" when some interval lies above zero and
+    none below it, "hurts" in the mirror case, otherwise "no measurable effect" ("not measured" when there is nothing
+    to compare)."""
+    known = [d for d in diffs if d is not None]
+    if not known:
+        return "not measured"
+    above, below = any(lo > 0 for _, lo, _ in known), any(hi < 0 for _, _, hi in known)
+    return "helps" if above and not below else "hurts" if below and not above else "no measurable effect"
+
+
+def verdicts(rows: list[dict], curves: dict, normal: list[bool]) -> str:
     """Does each stage help? One line per stage, computed from the table (so that it cannot disagree with a rerun's
-    numbers): the model with the stage against the model without it, on held-out status accuracy and reward AUC.
-    A stage "helps" when one of the two is ahead by more than one standard error and neither is behind by more,
-    "hurts" in the mirror case, and has "no measurable effect" otherwise; the IoUs are given beside, without a
-    test. The comparisons are Tab. 3's: stage 1 is stage 2 with against without it (w/o single-frame warmup),
-    stage 2 is stage 3 after stage 2 against stage 3 after stage 1 (w/o multi-frame SFT) and stage 2 against stage 1,
-    stage 3 is stage 3 against stage 2 (w/o two-turn GRPO)."""
+    numbers): the model with the stage against the model without it on the held-out videos, judged by the paired
+    bootstrap of :func:`paired_bootstrap`, once on the status (accuracy and reward AUC: Tab. 3's measure) and once on
+    the turn-2 answer (the share of valid ones among the videos that reach turn 2, which spatial grounding needs);
+    the IoUs are given beside, without a test. The comparisons are Tab. 3's: stage 1 is stage 2 with against without
+    it (w/o single-frame warmup), stage 2 is stage 2 against stage 1 and stage 3 after stage 2 against stage 3 after
+    stage 1 (w/o multi-frame SFT), stage 3 is stage 3 against stage 2 (w/o two-turn GRPO)."""
     by = {r["name"]: r for r in rows}
-    se = {
-        "status_acc": 0.5 / (n_abnormal + n_normal) ** 0.5,
-        "reward_auc": ((n_abnormal + n_normal + 1) / (12 * n_abnormal * n_normal)) ** 0.5,
-    }
 
-    def word(with_: dict, without: dict) -> str:
-        d = {k: with_[k] - without[k] for k in se if with_[k] is not None and without[k] is not None}
-        ahead, behind = any(v > se[k] for k, v in d.items()), any(v < -se[k] for k, v in d.items())
-        return "helps" if ahead and not behind else "hurts" if behind and not ahead else "no measurable effect"
-
-    def versus(with_: dict, without: dict) -> str:
-        keys = ("status_acc", "reward_auc", "temporal_iou", "spatial_iou", "valid_turn2")
-        names = ("status accuracy", "reward AUC", "temporal IoU", "spatial IoU", "valid turn-2 answers")
-        return ", ".join(f"{n} {_f(with_[k])} vs {_f(without[k])}" for k, n in zip(keys, names, strict=True))
+    def shown(key: str, with_: dict, without: dict, d: tuple[float, float, float] | None) -> str:
+        text = f"{VERDICT_METRICS[key]} {_f(with_[key])} vs {_f(without[key])}"
+        return text + (f" ({d[0]:+.3f}, 95% interval {d[1]:+.3f} to {d[2]:+.3f})" if d else "")
 
     pairs = [("Stage 1 (single-frame warmup)", "stage2", "no_s1", "after stage 2, with against without stage 1")]
     pairs += [("Stage 2 (multi-frame SFT)", "stage2", "stage1", "after stage 2 against after stage 1")]
     pairs += [("Stage 2 (multi-frame SFT)", "stage3", "no_s2", "after stage 3, with against without stage 2")]
     pairs += [("Stage 3 (two-turn GRPO)", "stage3", "stage2", "after stage 3 against after stage 2")]
     lines = [
-        "**Does each stage help?** (held-out; one standard error is "
-        f"{se['status_acc']:.3f} in accuracy and {se['reward_auc']:.3f} in AUC)"
+        "**Does each stage help?** (held-out; a paired bootstrap over the held-out videos, 2,000 resamples: an effect "
+        "counts when its 95% interval excludes zero)"
     ]
-    for stage, with_, without, what in pairs:
-        if with_ in by and without in by:
-            lines.append(f"- {stage}: **{word(by[with_], by[without])}** ({what}: {versus(by[with_], by[without])}).")
+    for stage, w, wo, what in pairs:
+        if w not in by or wo not in by:
+            continue
+        with_, without = by[w], by[wo]
+        d = paired_bootstrap(with_, without, normal)
+        status = "; ".join(shown(k, with_, without, d[k]) for k in ("status_acc", "reward_auc"))
+        ious = ", ".join(f"{k.replace('_iou', '')} IoU {_f(with_[k])} vs {_f(without[k])}" for k in METRICS[3:])
+        lines.append(
+            f"- {stage}, {what}: on the status **{verdict([d['status_acc'], d['reward_auc']])}** ({status}); on the "
+            f"turn-2 answer **{verdict([d['valid_turn2']])}** ({shown('valid_turn2', with_, without, d['valid_turn2'])}"
+            f"); {ious}."
+        )
     loss = {n: curves.get(n, {}).get("train/loss") for n in ("stage2", "no_s1_stage2")}
     if all(v and v[0] is not None for v in loss.values()):
         (f1, l1), (f0, l0) = loss["stage2"], loss["no_s1_stage2"]
@@ -568,7 +629,7 @@ def write_section(result: dict, results_md: Path, png: Path, command: str) -> No
             "",
             findings(rows, n_abnormal, info["eval_videos"] - n_abnormal),
             "",
-            verdicts(rows, result["curves"], n_abnormal, info["eval_videos"] - n_abnormal),
+            verdicts(rows, result["curves"], result["normal"]),
             "",
             diagnosis(rows, result["curves"]),
             f"<!-- {SECTION}:end -->",
@@ -718,7 +779,12 @@ def run(out: Path, scale: Scale, ablations: bool = True) -> dict:
         "eval_abnormal": sum(a.is_abnormal for a in annotations),
         "split_counts": {k: v["anomalous"] + v["normal"] for k, v in record["counts"].items()},
     }
-    result = {"rows": rows, "curves": training_curves(out), "info": info}
+    result = {
+        "rows": rows,
+        "curves": training_curves(out),
+        "info": info,
+        "normal": [not a.is_abnormal for a in annotations],
+    }
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "results.md", format_results(rows, result["curves"], info) + "\n")
     return result

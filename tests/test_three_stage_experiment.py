@@ -1,12 +1,14 @@
 """``experiments/synthetic_three_stage.py``: the --quick run end to end (data, the three recipes chained through
 their ``final/`` folders, the held-out evaluations, the table, the chart and the RESULTS.md section), a rerun that
-skips finished work, and the pieces it computes itself (ROC AUC, the CoT-free manifest, the smaller-head config)."""
+skips finished work, and the pieces it computes itself (ROC AUC, the paired bootstrap and the verdicts it gives, the
+CoT-free manifest, the smaller-head config)."""
 
 import json
 import math
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -52,6 +54,16 @@ def test_quick_run_writes_a_well_formed_table(exp, quick):
         preds = [json.loads(line) for line in (out / "eval" / r["name"] / "predictions.jsonl").open()]
         assert sorted(p["index"] for p in preds) == list(range(len(held_out)))
         assert {p["judge"] for p in preds} == {f"cac/{r['mode']}"}
+    # the per-video data the verdicts resample give back the table's numbers on the held-out split itself
+    normal = np.asarray(result["normal"], dtype=float)
+    assert result["normal"] == [not a.is_abnormal for a in held_out]
+    for r in rows:
+        m = exp["resampled_metrics"](r, np.ones((1, len(held_out))), normal)
+        assert m["status_acc"][0] == pytest.approx(r["status_acc"]), r["name"]
+        assert m["reward_auc"][0] == pytest.approx(r["reward_auc"]), r["name"]
+        assert (r["valid_turn2"] is None) == (not np.isfinite(m["valid_turn2"][0]))
+        assert r["valid_turn2"] is None or m["valid_turn2"][0] == pytest.approx(r["valid_turn2"])
+    assert "**Does each stage help?**" in (root / "RESULTS.md").read_text()
     # the same numbers in results.json, results.md, the RESULTS.md section and the chart
     assert json.loads((out / "results.json").read_text())["rows"] == rows
     table = (out / "results.md").read_text()
@@ -120,6 +132,77 @@ def test_roc_auc_by_hand(exp):
     assert auc([0.8, 0.7, 0.5], [True, False, True]) == pytest.approx(0.5)
     assert auc([0.1, 0.2], [True, True]) is None
     assert math.isclose(auc([3.0, 1.0, 2.0, 0.0], [True, False, False, True]), 0.5)
+
+
+def test_resampled_metrics_weight_each_video_by_its_count(exp):
+    row = {"per_video": {"correct": [True, False, True, True], "score": [0.9, 0.2, 0.4, 0.4]}}
+    row["per_video"]["valid_turn2"] = [None, True, False, None]
+    normal = np.array([1.0, 0.0, 1.0, 0.0])
+    m = exp["resampled_metrics"](row, np.array([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]]), normal)
+    assert m["status_acc"].tolist() == [0.75, 1.0]
+    # the split itself: roc_auc's pairs; the resample: normal video 0 twice against anomalous video 3 once, normal
+    # video 2 once against it (a tie), anomalous video 1 not drawn: (2 * 1 + 1 * 0.5) / (3 * 1)
+    assert m["reward_auc"][0] == exp["roc_auc"](row["per_video"]["score"], [True, False, True, False]) == 0.875
+    assert m["reward_auc"][1] == pytest.approx(2.5 / 3)
+    assert m["valid_turn2"][0] == 0.5 and m["valid_turn2"][1] == 0.0  # video 1 (the valid one) not drawn
+
+
+def _model(exp, name: str, correct: list[bool], score: list[float], turn2: list, normal: list[bool]) -> dict:
+    per = {"correct": correct, "score": score, "valid_turn2": turn2}
+    m = exp["resampled_metrics"]({"per_video": per}, np.ones((1, len(normal))), np.asarray(normal, dtype=float))
+    row = {"name": name, "per_video": per, "temporal_iou": 0.0, "spatial_iou": 0.0}
+    return row | {k: float(v[0]) if np.isfinite(v[0]) else None for k, v in m.items()}
+
+
+def test_verdicts_follow_the_paired_bootstrap(exp):
+    rng = np.random.default_rng(0)
+    n = 120
+    normal = [i % 2 == 0 for i in range(n)]
+    # a model that sees (right, normal scored high, valid turn-2 answers) and one that guesses
+    sees = dict(correct=[True] * n, score=[0.9 if g else 0.1 for g in normal])
+    sees["turn2"] = [None if g else True for g in normal]
+    guesses = dict(
+        correct=list(rng.random(n) < 0.5), score=list(rng.random(n)), turn2=[None if g else False for g in normal]
+    )
+    good, bad = _model(exp, "a", **sees, normal=normal), _model(exp, "b", **guesses, normal=normal)
+    boot = exp["paired_bootstrap"]
+    diff = boot(good, bad, normal)
+    assert all(d is not None and d[1] > 0 for d in diff.values())
+    assert diff["status_acc"][0] == pytest.approx(good["status_acc"] - bad["status_acc"])
+    assert exp["verdict"](list(diff.values())) == "helps"
+    assert exp["verdict"](list(boot(bad, good, normal).values())) == "hurts"
+    assert exp["verdict"](list(boot(good, good, normal).values())) == "no measurable effect"  # intervals are [0, 0]
+    assert exp["verdict"]([None]) == "not measured"
+    assert exp["verdict"]([(0.1, 0.02, 0.2), (-0.1, -0.2, -0.01)]) == "no measurable effect"  # one up, one down
+    # a model that never reaches turn 2 has no turn-2 comparison
+    never = _model(exp, "c", **(guesses | {"turn2": [None] * n}), normal=normal)
+    assert boot(good, never, normal)["valid_turn2"] is None
+    # the per-stage lines: stage 2 sees, stage 1 and the model without stage 2 guess, stage 3 and the model without
+    # stage 1 see as stage 2 does
+    rows = [
+        _model(exp, "stage1", **(guesses | {"turn2": [None] * n}), normal=normal),
+        _model(exp, "stage2", **sees, normal=normal),
+        _model(exp, "stage3", **sees, normal=normal),
+        _model(exp, "no_s1", **sees, normal=normal),
+        _model(exp, "no_s2", **guesses, normal=normal),
+    ]
+    lines = exp["verdicts"](rows, {}, normal).splitlines()[1:]
+    assert [line.split(":")[0] for line in lines] == [
+        "- Stage 1 (single-frame warmup), after stage 2, with against without stage 1",
+        "- Stage 2 (multi-frame SFT), after stage 2 against after stage 1",
+        "- Stage 2 (multi-frame SFT), after stage 3, with against without stage 2",
+        "- Stage 3 (two-turn GRPO), after stage 3 against after stage 2",
+    ]
+    words = [
+        (line.split("on the status **")[1].split("**")[0], line.split("turn-2 answer **")[1].split("**")[0])
+        for line in lines
+    ]
+    assert words == [
+        ("no measurable effect", "no measurable effect"),
+        ("helps", "not measured"),
+        ("helps", "helps"),
+        ("no measurable effect", "no measurable effect"),
+    ]
 
 
 def test_training_manifest_merges_worlds_and_empties_every_cot(exp, tmp_path):

@@ -39,7 +39,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "--kinds",
         type=lambda s: [k.strip() for k in s.split(",") if k.strip()],
         default=None,
-        help="only these defect kinds, comma-separated (e.g. flicker,melt; default: all kinds of all five categories)",
+        help="only these defect kinds, comma-separated (e.g. flicker,melt; default: all kinds of all five categories "
+        "but the opt-in 'glitch', a blocky magenta texture corruption drawn only when named)",
     )
     p.add_argument(
         "--salient",

@@ -12,10 +12,13 @@ import torch
 from cac_align.cli import main
 from cac_align.data.difficulty import HARD_SPLITS, hard_split
 from cac_align.data.synthetic import (
+    GLITCH_RGB,
     KINDS,
+    OPT_IN_KINDS,
     generate,
     make_defect,
     measure_defect,
+    pixel_box_to_qwen,
     render,
     render_frames,
     sample_scene,
@@ -241,6 +244,30 @@ def test_kinds_restrict_the_anomalies_and_leave_the_default_world_alone(tmp_path
     assert {k for a in read_manifest(out / "manifest.jsonl") for k in a.meta["kinds"]} == {"flicker"}
     with pytest.raises(ValueError, match="kinds"):
         generate(out, num_videos=2, size=(64, 48), seconds=1.0, progress=False)
+
+
+def test_glitch_is_opt_in_and_shows_its_magenta_cells_inside_the_box():
+    """``glitch`` is drawn only where named (the default world cannot change), and then shows in single frames."""
+    size, seconds, fps = (96, 64), 2.0, 8.0
+    assert OPT_IN_KINDS == {"glitch"} and "glitch" in KINDS["Object Distortion"]
+    default = [sample_video(6, i, size, seconds, fps) for i in range(60)]
+    assert "Object Distortion" in {s.label for v in default for s in v.annotation.anomalies}
+    assert all(d.kind not in OPT_IN_KINDS for v in default for d in v.defects)
+    videos = [sample_video(6, i, size, seconds, fps, kinds=["glitch"], salient=True) for i in range(8)]
+    pairs = [(v, d, s) for v in videos for d, s in zip(v.defects, v.annotation.anomalies, strict=True)]
+    assert pairs and all(
+        v.annotation.meta["kinds"] and set(v.annotation.meta["kinds"]) == {"glitch"} for v, *_ in pairs
+    )
+    for v, defect, span in pairs:
+        assert span.label == "Object Distortion" and "checkerboard" in span.reason
+        j = span.frames[0]
+        k = j * round(fps / 4)
+        magenta = (render(v.scene, k / fps, (defect,)) == GLITCH_RGB).all(-1)
+        assert magenta.sum() >= 4 and not (render(v.scene, k / fps) == GLITCH_RGB).all(-1).any()
+        ys, xs = np.nonzero(magenta)
+        x0, y0, x1, y1 = pixel_box_to_qwen((xs.min(), ys.min(), xs.max(), ys.max()), *size)
+        (b,) = span.bboxes[j]  # the cells lie inside the measured box of the change
+        assert b[0] <= x0 and b[1] <= y0 and x1 <= b[2] and y1 <= b[3], (b, (x0, y0, x1, y1))
 
 
 def test_salient_world_makes_every_anomaly_large_and_strong_on_the_same_scenes(tmp_path):

@@ -5,7 +5,8 @@ small 2-D scene - a sky and textured ground, one to four moving objects (balls t
 crates, cars), optionally a walking stick figure and a sign with a word - and about half of the videos get one or two
 anomalies of the five categories of the paper's taxonomy (Sec. 3.1, App. B.1.2):
 
-* Object Distortion - an object is stretched, skewed, notched or melts into a puddle;
+* Object Distortion - an object is stretched, skewed, notched or melts into a puddle (and, only where named in
+  ``kinds``, its surface breaks into a blocky checkerboard: ``glitch``, :data:`OPT_IN_KINDS`);
 * Human Distortion - the figure grows an extra arm or leg, a knee bends backwards, an arm is far too long, or the
   upper body splits from the hips;
 * Motion Anomalies - an entity vanishes, teleports and comes back, jitters, flickers, or a copy of it pops up;
@@ -401,7 +402,21 @@ def _draw_mover(img: Image.Image, m: Mover, t: float, mods: dict[str, Defect]) -
             draw.polygon([(float(px), float(py)) for px, py in notch], fill=(0, 0, 0, 0))
     if "sink" in mods:
         draw.rectangle((0, math.floor(m.lane) + 1, img.size[0], img.size[1]), fill=(0, 0, 0, 0))
+    if "glitch" in mods:
+        layer = _glitch(layer, mods["glitch"].params, x, y, h)
     _composite(img, layer)
+
+
+def _glitch(layer: Image.Image, p: dict, x: float, y: float, h: float) -> Image.Image:
+    """A mover's layer whose pixels in the band ``[lo, hi]`` of its height (from its base ``y``) alternate with
+    ``p["rgb"]`` in square cells of ``p["cell"]`` pixels anchored to the mover, so the pattern moves with it."""
+    arr = np.array(layer)
+    yy, xx = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]]
+    cell = p["cell"]
+    checker = (np.floor((xx - x) / cell) + np.floor((yy - y) / cell)) % 2 == 0
+    band = (yy >= y - p["hi"] * h) & (yy <= y - p["lo"] * h)
+    arr[checker & band & (arr[..., 3] > 0), :3] = p["rgb"]
+    return Image.fromarray(arr)
 
 
 def _figure_joints(f: Figure, t: float) -> dict[str, Any]:
@@ -747,13 +762,26 @@ def scene_prompt(scene: Scene) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 KINDS: dict[str, tuple[str, ...]] = {
-    "Object Distortion": ("stretch", "shear", "notch", "melt"),
+    "Object Distortion": ("stretch", "shear", "notch", "melt", "glitch"),
     "Human Distortion": ("extra_arm", "extra_leg", "backward_knee", "long_arm", "split"),
     "Motion Anomalies": ("vanish", "teleport", "jitter", "flicker", "duplicate"),
     "Physical Violations": ("hover", "sink", "through"),
     "Character Anomalies": ("change", "garble", "layout"),
 }
 """The defect kinds of each category (App. B.1.2's subtypes that a 2-D world can show)."""
+
+GLITCH_RGB: RGB = (255, 0, 255)
+"""The glitch's cell colour: a saturated magenta that no palette, sky or ground colour comes near."""
+
+OPT_IN_KINDS: frozenset[str] = frozenset({"glitch"})
+"""Kinds drawn only where ``kinds`` names them, so that the default world (all other kinds) stays video for video
+what it was before they were added. ``glitch``, a blocky texture corruption, is the single-frame anomaly that a small
+model trained from random weights learns to see (``experiments/status_probe.py``), unlike the shape changes."""
+
+
+def _drawable(kind: str, allowed: frozenset[str] | None) -> bool:
+    """Whether the sampler may draw ``kind``: named in ``allowed``, or any kind but the opt-in ones by default."""
+    return kind in allowed if allowed is not None else kind not in OPT_IN_KINDS
 
 
 def targets_for(scene: Scene, label: str, kind: str) -> list[str]:
@@ -842,6 +870,15 @@ def _params(
     if kind == "melt":
         p = {"w": u(1.8, 2.6) if big else u(1.2, 1.5), "rise": u(0.3, 0.5) if big else u(0.12, 0.22)}
         return p, f"the bottom of the {name} melts and spreads into a puddle", f"bottom of the {name}"
+    if kind == "glitch":
+        lo, span = (u(0.0, 0.15), u(0.75, 1.0)) if big else (u(0.1, 0.6), u(0.25, 0.4))
+        p = {
+            "cell": max(2.0, round(u(0.25, 0.4) * min(ew, eh))),
+            "lo": lo,
+            "hi": min(1.0, lo + span),
+            "rgb": list(GLITCH_RGB),
+        }
+        return p, f"the surface of the {name} breaks into a blocky checkerboard of wrong colours", f"the {name}"
     if kind == "extra_arm":
         p = {"angle": u(1.9, 2.8) * rng.choice([-1.0, 1.0]), "bend": u(-0.6, 0.6)}
         return p, "the person has a third arm growing out of the shoulder", "the person's shoulders"
@@ -1080,9 +1117,7 @@ def _sample_defect(
     used = {d.target for d, _ in prior}
     inside = prior[0][0].window if prior and not long else None
     kinds = [
-        k
-        for k in KINDS[label]
-        if (allowed is None or k in allowed) and [t for t in targets_for(scene, label, k) if t not in used]
+        k for k in KINDS[label] if _drawable(k, allowed) and [t for t in targets_for(scene, label, k) if t not in used]
     ]
     if not kinds:
         return None
@@ -1144,7 +1179,7 @@ def check_kinds(kinds: Sequence[str] | None) -> frozenset[str] | None:
 
 def _feasible(scene: Scene, allowed: frozenset[str] | None) -> list[str]:
     """The categories with a defect kind (in ``allowed``) that some entity of ``scene`` can show."""
-    return [c for c in TAXONOMY if any(targets_for(scene, c, k) for k in KINDS[c] if allowed is None or k in allowed)]
+    return [c for c in TAXONOMY if any(targets_for(scene, c, k) for k in KINDS[c] if _drawable(k, allowed))]
 
 
 def _place_defects(

@@ -54,7 +54,7 @@ from cac_align.data.stages import (
 )
 from cac_align.reward.cac import read_settings
 from cac_align.reward.qwen import load_qwen3vl
-from cac_align.reward.sft import LORA_TARGETS, lora_config, lr_factor, sft_loop
+from cac_align.reward.sft import LORA_TARGETS, lora_config, lr_factor, sft_loop, status_ids
 from cac_align.reward.training import DTYPES, resolve_init, resume_state, save_final, save_state
 from cac_align.train.checkpoint import latest_checkpoint
 from cac_align.train.logging import MetricLogger
@@ -95,6 +95,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     # Gradient-norm clipping (null: off).
     max_grad_norm: float | None = 1.0
+    # Weight of the status token ("normal" vs "abnormal") in the answer loss (1: the paper's plain SFT; more makes
+    # the judgment a larger share of the gradient, for a model that must still learn to see: sft.sft_loss).
+    status_weight: float = 1.0
     # Save a full training checkpoint every this many steps (and at the end).
     save_every: int = 500
     # Keep only the newest this many checkpoints (null: keep all).
@@ -165,6 +168,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     t = cfg.train
     if t.max_steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or t.save_every < 1 or cfg.log.every < 1:
         raise SystemExit("stage1: train.max_steps, batch_size, grad_accum, save_every and log.every must be >= 1")
+    if not t.status_weight > 0:
+        raise SystemExit(f"stage1: train.status_weight must be > 0, got {t.status_weight}")
 
     # ------------------------------------------------------------------------------------------------------ build
     cuda = torch.cuda.is_available()
@@ -278,6 +283,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         logger=logger,
         checkpoint=checkpoint,
         desc="stage1",
+        status_weight=t.status_weight,
+        status_ids=status_ids(processor.tokenizer),
     )
     logger.close()
     if step < t.max_steps:

@@ -27,7 +27,7 @@ from cac_align.data.stages import (
 from cac_align.data.synthetic import generate
 from cac_align.reward.chat import IGNORE_INDEX, model_inputs
 from cac_align.reward.qwen import IM_END, VIDEO_BLOCK, load_qwen3vl
-from cac_align.reward.sft import lora_config, sft_loss
+from cac_align.reward.sft import lora_config, sft_loss, status_ids
 from cac_align.schema import SINGLE_FRAME_LABELS, Annotation, AnomalySpan, parse_judgment
 from cac_align.testing import build_tiny_cac
 from cac_align.testing_dist import run_distributed
@@ -295,6 +295,28 @@ def test_sft_loss_equals_full_logits_cross_entropy(world, tiny):
         ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
     assert int(n) == int((labels != IGNORE_INDEX).sum())
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_sft_loss_weighs_the_status_token(world, tiny):
+    model, processor = load_qwen3vl(tiny)
+    samples, _ = stage1_samples(load_stage_manifest(world / "splits" / "stage1.jsonl"))
+    ds = SFTDataset([samples[0], samples[-1]], processor)
+    batch = SFTCollator(processor.tokenizer.pad_token_id)([ds[0], ds[1]])
+    ids = status_ids(processor.tokenizer)
+    labels = batch["labels"][:, 1:]
+    status = torch.isin(labels, torch.tensor(ids))
+    assert int(status.sum()) == 2  # one status token in each answer (no chain of thought mentions the words)
+    with torch.no_grad():
+        plain, n = sft_loss(model, batch)
+        weighted, n5 = sft_loss(model, batch, status_weight=5.0, status_ids=ids)
+        assert sft_loss(model, batch, status_weight=1.0, status_ids=ids)[0] == plain
+        logits = model(**model_inputs(batch)).logits[:, :-1].float()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    keep = labels != IGNORE_INDEX
+    w = 1.0 + 4.0 * status.float()
+    assert int(n5) == int(n) == int(keep.sum())
+    assert weighted.item() == pytest.approx(((ce * w)[keep].sum() / w[keep].sum()).item(), rel=1e-5)
+    assert weighted.item() != plain.item()  # a random model: every token costs about ln(vocab), but not exactly
 
 
 @pytest.mark.parametrize("stage", [1, 2])

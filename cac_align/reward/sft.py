@@ -1,7 +1,8 @@
 """Supervised fine-tuning pieces shared by the stage-1 and stage-2 recipes (paper Sec. 3.2, App. C.2).
 
 * :func:`sft_loss` - the next-token cross-entropy on the assistant tokens of a :func:`cac_align.reward.chat.collate`
-  batch (the answers and their closing ``<|im_end|>``; prompts, video tokens and padding carry no loss).
+  batch (the answers and their closing ``<|im_end|>``; prompts, video tokens and padding carry no loss), optionally
+  weighing the status token (:func:`status_ids`) more.
 * :data:`LORA_TARGETS` / :func:`lora_config` - LoRA on every linear layer of the three parts the paper unfreezes
   ("All training stages unfreeze the full pipeline, including the ViT encoder, the adapter, and the LLM", Sec. 4):
   the language model's attention and MLP projections, the vision blocks' ``attn.qkv``/``attn.proj``/``mlp.linear_fc1/2``
@@ -46,7 +47,9 @@ def lora_config(rank: int, alpha: float, dropout: float, targets: str = LORA_TAR
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
 
 
-def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_loss(
+    model, batch: Mapping[str, torch.Tensor], status_weight: float = 1.0, status_ids: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token cross-entropy over the labelled tokens of a batch; returns ``(loss, number of tokens)``.
 
     ``batch`` is a :func:`~cac_align.reward.chat.collate` batch plus ``labels`` ``[B, L]`` (``input_ids`` on
@@ -54,6 +57,12 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, to
     through the lm_head (``logits_to_keep``): with left padding the answers sit at the end of every row, so the
     logits of the long prompts and videos are never materialised. The loss is the mean over this batch's labelled
     tokens (per micro-batch; gradient accumulation averages the micro-batch means).
+
+    ``status_weight`` (default 1: the paper's plain SFT) weighs every labelled token whose id is in ``status_ids``
+    (the two tokens where "normal" and "abnormal" part, :func:`cac_align.reward.cac.status_tokens`) that many times
+    in a weighted mean: the judgment is one token of an answer of 50-200, so a model that must still learn to see
+    (``experiments/synthetic_three_stage.py``) gets almost none of its gradient from it. A chain of thought that
+    uses the two words is weighed there too.
 
     Raises:
         ValueError: a batch without any labelled token.
@@ -68,11 +77,24 @@ def sft_loss(model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, to
     out = model(**model_inputs(batch, device), logits_to_keep=keep, use_cache=False)
     logits = out.logits[:, :-1]  # [B, keep - 1, V]: positions first .. L - 2
     targets = labels[:, first + 1 :].to(logits.device)
-    n = (targets != IGNORE_INDEX).sum()
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss / n, n
+    labelled = targets != IGNORE_INDEX
+    n = labelled.sum()
+    per_token = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view_as(targets)
+    if status_weight == 1.0 or not status_ids:
+        return per_token.sum() / n, n
+    status = torch.isin(targets, torch.tensor(status_ids, device=targets.device)) & labelled
+    weight = 1.0 + (status_weight - 1.0) * status.float()
+    return (per_token * weight).sum() / (weight * labelled).sum(), n
+
+
+def status_ids(tokenizer) -> tuple[int, int]:
+    """The token ids where an answer's status reads "normal" or "abnormal" (:func:`sft_loss`'s ``status_ids``)."""
+    from cac_align.reward.cac import status_tokens
+
+    st = status_tokens(tokenizer)
+    return st.normal, st.abnormal
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -102,6 +124,8 @@ def sft_loop(
     logger: MetricLogger,
     checkpoint: Callable[[int], None],
     desc: str,
+    status_weight: float = 1.0,
+    status_ids: tuple[int, ...] = (),
 ) -> int:
     """Train from optimizer step ``step`` to ``max_steps`` (or to ``stop_at_step``); returns the step it ended at.
 
@@ -110,7 +134,8 @@ def sft_loop(
     steps ``scheduler`` by hand (accelerate's prepared scheduler would step once per process). Every ``log_every``
     steps and at the end, the process-mean loss, learning rate, gradient norm, tokens per second and the step's
     summed answer tokens go to ``logger`` (rank 0 writes). ``checkpoint(step)`` is called on every rank every
-    ``save_every`` steps, at ``max_steps`` and at ``stop_at_step``.
+    ``save_every`` steps, at ``max_steps`` and at ``stop_at_step``. ``status_weight`` and ``status_ids`` go to
+    :func:`sft_loss`.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     timer = Timer()
@@ -127,7 +152,7 @@ def sft_loop(
             with timer("data"):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
             with timer("train"), accelerator.accumulate(model):
-                loss, n = sft_loss(model, batch)
+                loss, n = sft_loss(model, batch, status_weight, status_ids)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and max_grad_norm is not None:
                     grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)

@@ -12,6 +12,7 @@ loss and the ROC AUC and accuracy of the status logit on held-out videos (anothe
     python experiments/status_probe.py --kinds flicker --long-prompt    # the real turn-1 prompt (~1K tokens), 10x slower
     python experiments/status_probe.py --cue                            # a white corner square marks abnormal videos
     python experiments/status_probe.py --kinds melt,notch --single-frame  # stage-1 style: one frame, shown twice
+    python experiments/status_probe.py --kinds glitch --single-frame --salient --train 1000  # a single-frame kind it sees
     python experiments/status_probe.py --kinds flicker --salient --train 1000 --epochs 3  # the salient world
 
 ``--cue`` is the sanity check of the optimisation itself: the abnormal videos carry a trivially visible mark, so a

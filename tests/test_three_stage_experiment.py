@@ -63,6 +63,9 @@ def test_quick_run_writes_a_well_formed_table(exp, quick):
         assert m["reward_auc"][0] == pytest.approx(r["reward_auc"]), r["name"]
         assert (r["valid_turn2"] is None) == (not np.isfinite(m["valid_turn2"][0]))
         assert r["valid_turn2"] is None or m["valid_turn2"][0] == pytest.approx(r["valid_turn2"])
+        assert r["recall_by_kind"] and {f"recall/{k}" for k in r["recall_by_kind"]} <= m.keys()
+        for kind, recall in r["recall_by_kind"].items():
+            assert m[f"recall/{kind}"][0] == pytest.approx(recall), (r["name"], kind)
     assert "**Does each stage help?**" in (root / "RESULTS.md").read_text()
     # the same numbers in results.json, results.md, the RESULTS.md section and the chart
     assert json.loads((out / "results.json").read_text())["rows"] == rows
@@ -95,14 +98,14 @@ def test_quick_run_chains_the_real_recipes(quick):
         assert json.loads((out / folder / "cac_reward.json").read_text())["prompt_style"] == "compact"
     prompts = [p for line in (out / "stage2" / "samples.jsonl").open() for p in json.loads(line)["prompts"]]
     assert prompts and all(len(p) < 1000 for p in prompts)  # the paper's prompts are ~4K characters
-    # the salient motion (flicker) and distortion (melt) worlds; stage 1 gets the distortion world's anomalies
-    for world, kind in (("train_motion", "flicker"), ("train_distortion", "melt"), ("eval_motion", "flicker")):
+    # the salient motion (flicker) and distortion (glitch) worlds; stage 1 gets the distortion world's anomalies
+    for world, kind in (("train_motion", "flicker"), ("train_distortion", "glitch"), ("eval_motion", "flicker")):
         spec = json.loads((out / "data" / world / "world.json").read_text())
         assert spec["kinds"] == [kind] and spec["salient"] is True
         kinds = {k for a in read_manifest(out / "data" / world / "manifest.jsonl") for k in a.meta["kinds"]}
         assert kinds == {kind}
     stage1 = read_manifest(out / "splits" / "stage1.jsonl")
-    assert {k for a in stage1 for k in a.meta["kinds"]} == {"melt"}
+    assert {k for a in stage1 for k in a.meta["kinds"]} == {"glitch"}
     # the SFT targets carry no chain of thought (the experiment's manifest has empty CoT for every view)
     for stage in ("stage1", "stage2"):
         answers = [a for line in (out / stage / "samples.jsonl").open() for a in json.loads(line)["answers"]]
@@ -145,13 +148,38 @@ def test_resampled_metrics_weight_each_video_by_its_count(exp):
     assert m["reward_auc"][0] == exp["roc_auc"](row["per_video"]["score"], [True, False, True, False]) == 0.875
     assert m["reward_auc"][1] == pytest.approx(2.5 / 3)
     assert m["valid_turn2"][0] == 0.5 and m["valid_turn2"][1] == 0.0  # video 1 (the valid one) not drawn
+    # recall per defect kind: anomalous videos 1 (missed) and 3 (found) flicker
+    row["per_video"]["kinds"] = {"flicker": [False, True, False, True]}
+    m = exp["resampled_metrics"](row, np.array([[1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]]), normal)
+    assert m["recall/flicker"].tolist() == [0.5, 1.0]
 
 
-def _model(exp, name: str, correct: list[bool], score: list[float], turn2: list, normal: list[bool]) -> dict:
-    per = {"correct": correct, "score": score, "valid_turn2": turn2}
+def _model(
+    exp, name: str, correct: list[bool], score: list[float], turn2: list, normal: list[bool], kinds=None
+) -> dict:
+    per = {"correct": correct, "score": score, "valid_turn2": turn2, "kinds": kinds or {}}
     m = exp["resampled_metrics"]({"per_video": per}, np.ones((1, len(normal))), np.asarray(normal, dtype=float))
     row = {"name": name, "per_video": per, "temporal_iou": 0.0, "spatial_iou": 0.0}
+    row["recall_by_kind"] = {k.split("/")[1]: float(v[0]) for k, v in m.items() if k.startswith("recall/")}
     return row | {k: float(v[0]) if np.isfinite(v[0]) else None for k, v in m.items()}
+
+
+def test_verdicts_give_the_recall_of_each_defect_kind(exp):
+    n = 160
+    normal = [i % 2 == 0 for i in range(n)]
+    kinds = {"flicker": [i % 4 == 1 for i in range(n)], "glitch": [i % 4 == 3 for i in range(n)]}
+    score = [0.9 if g else 0.1 for g in normal]
+    # after stage 2: with stage 1 every anomaly is found, without it the glitches are all missed
+    found = _model(exp, "stage2", [True] * n, score, [None] * n, normal, kinds)
+    missed = _model(exp, "no_s1", [not g for g in kinds["glitch"]], score, [None] * n, normal, kinds)
+    assert found["recall_by_kind"] == {"flicker": 1.0, "glitch": 1.0}
+    assert missed["recall_by_kind"] == {"flicker": 1.0, "glitch": 0.0}
+    diff = exp["paired_bootstrap"](found, missed, normal)
+    assert diff["recall/glitch"][0] == 1.0 and diff["recall/flicker"] == (0.0, 0.0, 0.0)
+    (line,) = exp["verdicts"]([found, missed], {}, normal).splitlines()[1:]
+    assert line.startswith("- Stage 1 (single-frame warmup)")
+    assert "recall by defect kind: flicker **no measurable effect** (1.000 vs 1.000, +0.000" in line
+    assert "glitch **helps** (1.000 vs 0.000, +1.000, 95% interval +1.000 to +1.000)" in line
 
 
 def test_verdicts_follow_the_paired_bootstrap(exp):

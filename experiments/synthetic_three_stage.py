@@ -21,7 +21,7 @@ against "after stage 3"). The table goes to ``OUT/results.md`` and into this exp
         --png runs/quick/chart.png                                      # the test's smoke run, about 1 min
 
 Measured: 30 min wall for the data, the stage and ablation runs and the seven evaluations on a machine with 2 CPU
-cores (see ``experiments/RESULTS.md`` for the recorded run, which shared its cores for a while and took longer). A rerun on the same ``--out``
+cores (``experiments/RESULTS.md``: the recorded run shared its cores for a while). A rerun on the same ``--out``
 skips every stage and evaluation already finished and keeps their recorded times. Two queues of child processes run
 side by side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each
 checkpoint once it exists and trains the ablations in between.
@@ -44,14 +44,13 @@ recipe's departures):
 - Data: two salient worlds (``cac-align synth --salient``: every anomaly on the largest entity it can take, flickers
   at full strength; the status probe learns nothing of the plain world's kinds but flicker at this budget, and
   salient flicker about twice as fast): a motion world of 2,000 videos whose anomalies are flickers (Motion
-  Anomalies) and a distortion world of 1,400 videos whose objects glitch (Object Distortion: part of the object
+  Anomalies) and a distortion world of 2,400 videos whose objects glitch (Object Distortion: part of the object
   turns into a magenta checkerboard, the opt-in ``glitch`` kind; the single-frame kind this model learns to see,
   where melting and stretched objects stay at chance), seeds 0 and 2. The stage splits give stage 1 its share of
-  the anomalous videos from those with single-frame anomalies (561 of the 700 glitch videos) and stages 2 and 3 the
-  rest, flickers and the remaining glitches, as the paper's splits leave single-frame categories to the later stages
-  too (a first run that gave every glitch to stage 1 made stage 2 answer normal everywhere: ``experiments/
-  RESULTS.md``). 180 held-out videos from the same two worlds in the same 2 : 1
-  proportion (seeds 1 and 3), 2 s at 96x96 (8 frames at 4 fps, 9 visual tokens per frame pair), instead of ~30K
+  the anomalous videos from those with single-frame anomalies (726 of the 1,200 glitch videos) and stages 2 and 3
+  the rest, flickers and the remaining glitches, as the paper's splits leave single-frame categories to the later
+  stages too (runs that left stage 2 no or few glitches are in ``experiments/RESULTS.md``). 240 held-out videos,
+  120 from each world (seeds 1 and 3), 2 s at 96x96 (8 frames at 4 fps, 9 visual tokens per frame pair), instead of ~30K
   annotated generated videos. The answers carry no chain of thought (the training manifest's ``cot`` is set to
   empty strings, so the stage builders train ``"COT": ""`` targets): templated CoT text would be most of what a
   from-scratch model spends its few thousand samples on.
@@ -111,9 +110,9 @@ class World:
     held_out: bool = False
 
 
-# A motion world (flickers: Motion Anomalies) and a distortion world (glitching objects: Object Distortion, whose
-# anomalous videos the stage splits give to stage 1, which trains on single-frame categories only), in training
-# (seeds 0, 2) and held-out (seeds 1, 3) versions of the same 2 : 1 proportions.
+# A motion world (flickers: Motion Anomalies) and a distortion world (glitching objects: Object Distortion, from
+# whose anomalous videos the stage splits draw stage 1's, which trains on single-frame categories only; the rest go
+# to stages 2 and 3), in training (seeds 0, 2) and held-out (seeds 1, 3) versions.
 FULL_WORLDS = (
     World("train_motion", 0, 2000, ("flicker",)),
     World("train_distortion", 2, 2400, ("glitch",)),
@@ -313,7 +312,7 @@ def build_init(path: Path, scale: Scale, seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------------------------------------------- results
 def kinds_of(annotations: list[Annotation]) -> list[str]:
-    """The defect kinds of the held-out videos (``meta["kinds"]`` of the synthetic world), sorted."""
+    """The defect kinds of some synthetic videos (their ``meta["kinds"]``), sorted."""
     return sorted({k for a in annotations for k in a.meta.get("kinds", [])})
 
 

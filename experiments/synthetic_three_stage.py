@@ -532,14 +532,14 @@ def paired_bootstrap(
     comparison is paired); None where a model never answered it."""
     n = len(normal)
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(float)
+    counts = np.vstack([np.ones((1, n)), counts])  # row 0: the held-out split itself, for the point estimate
     lab = np.asarray(normal, dtype=float)
     a, b = resampled_metrics(with_, counts, lab), resampled_metrics(without, counts, lab)
-    ones = np.ones((1, n))
-    a0, b0 = resampled_metrics(with_, ones, lab), resampled_metrics(without, ones, lab)  # the split itself
     out: dict[str, tuple[float, float, float] | None] = {}
     for key in a.keys() & b.keys():
-        d = (a[key] - b[key])[np.isfinite(a[key] - b[key])]
-        point = float(a0[key][0] - b0[key][0])
+        diff = a[key] - b[key]
+        d = diff[1:][np.isfinite(diff[1:])]
+        point = float(diff[0])
         out[key] = (point, *map(float, np.percentile(d, [2.5, 97.5]))) if d.size and math.isfinite(point) else None
     return out
 

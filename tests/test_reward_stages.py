@@ -219,6 +219,18 @@ def test_cot_comes_from_the_manifest_for_the_view_it_was_written_for(world):
     assert plain[0].cot_source == "template"
 
 
+def test_an_empty_manifest_cot_fits_every_clip_window(world):
+    # "COT": "" names no frames: every clip of the video trains an answer without a chain of thought
+    video = _video(world, normal=False)
+    span = AnomalySpan("Human Distortion", (2, 3), "an extra arm", "the person", bboxes={2: [(0, 0, 50, 50)]})
+    ann = _ann(video, [span], cot={"turn1": "", "turn2": "", "frame": ""})
+    normal = _ann(_video(world, normal=True), [], cot={"turn1": "", "turn2": "", "frame": ""})
+    samples, _ = stage2_samples([ann, normal], seed=0, videos=False, clips_per_video=5)
+    assert len({s.window for s in samples if s.status == "abnormal"}) == 5
+    assert all(parse_judgment(s.answers[1], turn=2).cot == "" for s in samples)
+    assert all(s.cot_source == "manifest" for s in samples)
+
+
 def test_stage_samples_come_from_disjoint_videos(world):
     s1, _ = stage1_samples(load_stage_manifest(world / "splits" / "stage1.jsonl"))
     s2, _ = stage2_samples(load_stage_manifest(world / "splits" / "stage2.jsonl"))

@@ -33,8 +33,9 @@ Stage 2 (:func:`stage2_samples`). Two kinds, each 1:1 normal/anomalous:
 Chain of thought. From the manifest's ``cot`` when it was written for the same view: ``cot["turn1"]`` for a video
 sample, ``cot["turn2"]`` for a clip sample whose window is the one the CoT was written for
 (``meta["cot_synthesis"]["turn2_window"]``, else the span of all anomaly windows / the middle ``clip_max_frames``
-frames as :func:`cac_align.data.cot_synthesis.turn2_window` chooses), ``cot["frame"]`` for a stage-1 frame. Otherwise
-a short templated CoT says what the frames show (the video's prompt) and which anomaly is where. Departure from the
+frames as :func:`cac_align.data.cot_synthesis.turn2_window` chooses), ``cot["frame"]`` for a stage-1 frame. An empty
+``cot["turn2"]`` (answers without a chain of thought) names no frames, so it fits every clip window. Otherwise a short
+templated CoT says what the frames show (the video's prompt) and which anomaly is where. Departure from the
 paper: its stage-1 CoT is synthesised per frame; our synthesis pipeline writes video and clip CoT only, and a CoT that
 describes 16 frames would not fit a single frame, so stage-1 frames use the template unless ``cot["frame"]`` exists.
 
@@ -498,7 +499,7 @@ def stage2_samples(
         if cot_window in windows:  # the window the manifest's turn-2 CoT describes comes first
             chosen = [cot_window] + [w for w in chosen if w != cot_window][: clips_per_video - 1]
         for w in sorted(chosen):
-            cot = _cot(ann, "turn2") if w == cot_window else None
+            cot = _cot(ann, "turn2") if w == cot_window or _cot(ann, "turn2") == "" else None
             alarm = None if ann.is_abnormal else rng.choice(TAXONOMY)
             cl[ann.status].append(_clip_sample(ann, n, w, clip_fps, cot, alarm, prompt_style))
     vids["abnormal"], vids["normal"] = _balance(vids["abnormal"], vids["normal"], rng)

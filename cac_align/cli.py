@@ -45,7 +45,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--salient",
         action="store_true",
-        help="every anomaly large and long, flickers at full strength (a world small from-scratch models can see)",
+        help="every anomaly on the largest entity it can take, flickers at full strength (a world small "
+        "from-scratch models can see; durations stay the world's mix of under and over 1 s)",
     )
 
 

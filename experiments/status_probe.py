@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--size", type=int, default=96, help="square frame size in pixels")
     p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--salient", action="store_true", help="a salient world: large, long, full-strength anomalies")
+    p.add_argument("--salient", action="store_true", help="a salient world: large, full-strength anomalies")
     p.add_argument("--cue", action="store_true", help="mark abnormal videos with a white corner square")
     p.add_argument("--single-frame", action="store_true", help="one frame per video (stage-1 style)")
     p.add_argument("--long-prompt", action="store_true", help="the real turn-1 prompt instead of none")

@@ -1186,7 +1186,7 @@ def _place_defects(
     rng: np.random.Generator, scene: Scene, allowed: frozenset[str] | None, salient: bool = False
 ) -> list[tuple[Defect, AnomalySpan]]:
     """One anomaly, or two on different entities (one video in four), of kinds in ``allowed``; [] if none fits.
-    ``salient``: every video in the large-and-long group, flickers at full strength (:func:`sample_video`)."""
+    ``salient``: every video in a large group, flickers at full strength (:func:`sample_video`)."""
     clean = render_frames(scene)
     feasible = _feasible(scene, allowed)
     weights = np.array([_CATEGORY_WEIGHTS[c] for c in feasible])
@@ -1222,9 +1222,10 @@ def sample_video(
     second anomaly on another entity. ``kinds`` restricts the anomalies to those defect kinds (names of
     :data:`KINDS`, e.g. ``["vanish", "melt"]``); an abnormal video whose scene has no entity for any of them draws
     its scene again from the same generator. ``kinds=None`` (all kinds) gives the default world, unchanged.
-    ``salient=True`` puts every anomalous video in the large-and-long group of CaC-Bench-Hard (App. B) and renders
-    flickers at full strength: a world whose anomalies a small model trained from random weights can learn to see
-    (``experiments/synthetic_three_stage.py``); the scenes and which videos are anomalous stay those of the world.
+    ``salient=True`` aims every anomalous video at a large (>= 20 %) group of CaC-Bench-Hard (App. B; the duration
+    group is drawn as in the default world, half under 1 s) and renders flickers at full strength: a world whose
+    anomalies a small model trained from random weights can learn to see (``experiments/synthetic_three_stage.py``);
+    the scenes and which videos are anomalous stay those of the world.
     """
     _check_timing(size, seconds, fps)
     allowed = check_kinds(kinds)
@@ -1276,7 +1277,7 @@ def generate(
 ) -> Path:
     """Render ``num_videos`` videos into ``out/videos/`` and write ``out/manifest.jsonl`` and ``out/world.json``.
 
-    ``kinds`` restricts the anomalies to those defect kinds, ``salient`` makes them all large, long and strong (see
+    ``kinds`` restricts the anomalies to those defect kinds, ``salient`` makes them all large and strong (see
     :func:`sample_video`). Resumable: videos already on
     disk are not re-rendered (their ground truth is re-derived from the seed, which is cheap), and the manifest is
     rewritten atomically. Re-running on an ``out`` made with another seed, size, length, frame rate, kinds or salience raises

@@ -50,12 +50,16 @@ recipe's departures):
   the anomalous videos from those with single-frame anomalies (726 of the 1,200 glitch videos) and stages 2 and 3
   the rest, flickers and the remaining glitches, as the paper's splits leave single-frame categories to the later
   stages too (runs that left stage 2 no or few glitches are in ``experiments/RESULTS.md``). 240 held-out videos,
-  120 from each world (seeds 1 and 3), 2 s at 96x96 (8 frames at 4 fps, 9 visual tokens per frame pair), instead of ~30K
-  annotated generated videos. The answers carry no chain of thought (the training manifest's ``cot`` is set to
-  empty strings, so the stage builders train ``"COT": ""`` targets): templated CoT text would be most of what a
-  from-scratch model spends its few thousand samples on.
-- Steps: 600 optimizer steps of stage 1 (batch 4, 2,400 samples of 2,682 frames), 1,800 of stage 2 (4 samples per
-  step: 7,200 passes over 1,848 videos and 2,914 clips cut from them, each decoded once and kept in memory,
+  120 from each world (seeds 1 and 3), 1 s at 96x96 (4 frames at 4 fps, 9 visual tokens per frame pair), instead of
+  ~30K annotated generated videos of about 5 s. One second, because turn 2 writes a box list with one entry per clip
+  frame and this model writes no more entries than it was trained on: stage 2 trains clips of up to 1 s (8 frames at
+  8 fps), as the paper does, and in 2 s videos its turn 1 named the whole video, so turn 2 saw 16 frames and broke its
+  box list (training 2 s clips instead left no valid box list at all; both runs in ``experiments/RESULTS.md``). The
+  answers carry no chain of thought (the training manifest's ``cot`` is set to empty strings, so the stage builders
+  train ``"COT": ""`` targets): templated CoT text would be most of what a from-scratch model spends its few thousand
+  samples on.
+- Steps: 600 optimizer steps of stage 1 (batch 4, 2,400 samples of 2,684 frames), 1,800 of stage 2 (4 samples per
+  step: 7,200 passes over 1,848 videos and 1,848 clips cut from them, each decoded once and kept in memory,
   ``data.cache``) and 250 of stage 3 (2 videos, G = 8, sampled at temperature 0.7: the preset says why), instead of
   9,330 / 7,000 / 250 steps at 8 / 8 / 64 x 8 samples.
 
@@ -147,7 +151,7 @@ class Scale:
 FULL = Scale(
     worlds=FULL_WORLDS,
     size=(96, 96),
-    seconds=2.0,
+    seconds=1.0,
     hidden=128,
     layers=3,
     heads=4,

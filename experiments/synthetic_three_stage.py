@@ -635,10 +635,16 @@ def diagnosis(rows: list[dict], curves: dict, info: dict) -> str:
         "gates stage 3.* Under Eq. 2-6 an anomalous video answered `abnormal` whose turn-2 box list breaks its JSON "
         "scores -2.5 (format -0.5, status -2), below answering `normal` (-2), so GRPO rewards seeing an anomaly only "
         "once turn-2 answers are valid often enough; turn-2 answers (a box per clip frame) are this model's hardest "
-        f"output. In stage 3 its rollouts' valid turn-2 answers go {_f(t2[0])} -> {_f(t2[1])} and their status "
-        f"accuracy on anomalous videos {_f(ab[0])} -> {_f(ab[1])} (first and last fifth of the run); where the "
-        "second falls to 0, GRPO has settled on answering `normal`, as in three of the five stage-3 runs recorded "
-        "here that started from a stage-2 model which saw anomalies. (3) *The judgment is one token.* Stages 1 and 2 "
+        "output, and it writes no more boxes than stage 2's clips had frames (hence 1 s videos). In stage 3 its "
+        f"rollouts' valid turn-2 answers go {_f(t2[0])} -> {_f(t2[1])} and their status accuracy on anomalous videos "
+        f"{_f(ab[0])} -> {_f(ab[1])} (first and last fifth of the run): "
+        + (
+            "the second near 0 means GRPO has settled on answering `normal`, as most stage-3 runs of the 2 s worlds "
+            "below did."
+            if ab[1] is not None and ab[1] < 0.05
+            else "GRPO did not settle on answering `normal`, which most stage-3 runs of the 2 s worlds below did."
+        )
+        + " (3) *The judgment is one token.* Stages 1 and 2 "
         "weigh the status token 50 times (`train.status_weight`); with the paper's plain SFT loss three stage-2 "
         "runs of this experiment answered `normal` to every held-out video (the runs below this section), and with "
         "the weight stage 2 from random weights still did in one of two worlds, so a single run's stage-2 outcome "

@@ -233,6 +233,15 @@ def test_verdicts_follow_the_paired_bootstrap(exp):
     ]
 
 
+def test_diagnosis_names_a_stage3_collapse_only_when_its_curve_shows_one(exp):
+    def why(last: float) -> str:
+        curves = {"stage3": {"rollout/turn2_valid": (0.3, 0.8), "reward/status_acc_abnormal": (0.2, last)}}
+        return exp["diagnosis"]([], curves, {"split_kinds": {}})
+
+    assert "0.200 -> 0.000" in why(0.0) and "GRPO has settled on answering `normal`" in why(0.0)
+    assert "0.200 -> 0.470" in why(0.47) and "GRPO did not settle on answering `normal`" in why(0.47)
+
+
 def test_training_manifest_merges_worlds_and_empties_every_cot(exp, tmp_path):
     worlds = []
     for name, prompt in (("world_a", "a ball"), ("world_b", "a box")):

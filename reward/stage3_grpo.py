@@ -57,6 +57,8 @@ Where the paper is silent or this departs from it:
   scores it invalid); ``CaCReward`` reads such answers leniently.
 - The learning rate has a linear warmup (``train.warmup_steps`` optimizer steps, 0 in the paper preset) and is then
   constant; the paper gives no schedule.
+- ``grpo.status_weight`` (default 1: Eq. 10 as written) weighs the status token that many times in each rollout's
+  surrogate mean (:func:`cac_align.algos.grpo.status_weights`), as ``train.status_weight`` does in the SFT stages.
 """
 
 import math
@@ -70,14 +72,14 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
 
-from cac_align.algos.grpo import group_advantages, grpo_loss
+from cac_align.algos.grpo import group_advantages, grpo_loss, status_weights
 from cac_align.algos.rollout import RolloutInput, rollout_logprobs, two_turn_rollouts
 from cac_align.config import config_to_dict, load_config, save_config
 from cac_align.data.stages import StepSampler, load_stage_manifest, video_kwargs_for
 from cac_align.reward.cac import read_settings
 from cac_align.reward.chat import collate
 from cac_align.reward.qwen import load_qwen3vl, vision_token_ids
-from cac_align.reward.sft import LORA_TARGETS, lora_config
+from cac_align.reward.sft import LORA_TARGETS, lora_config, status_ids
 from cac_align.reward.training import DTYPES, resolve_init, resume_state, save_final, save_state
 from cac_align.rewards import rollout_reward
 from cac_align.schema import Annotation
@@ -143,6 +145,9 @@ class GRPOSection:
     max_new_tokens_turn2: int = 2048
     # Optimizer steps per rollout batch (1: on-policy, ratio 1; more: PPO-style reuse where clipping acts).
     num_iterations: int = 1
+    # Weight of the status token in each rollout's surrogate mean (1: Eq. 10 as written; see status_weights in
+    # cac_align.algos.grpo; the KL is not weighted).
+    status_weight: float = 1.0
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6
     # Most sequences per generate call on each process (null: all rollouts of a turn at once).
@@ -293,6 +298,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     }.items():
         if value < 1:
             raise SystemExit(f"stage3: {name} must be >= 1, got {value}")
+    if not g.status_weight > 0:
+        raise SystemExit(f"stage3: grpo.status_weight must be > 0, got {g.status_weight}")
     if g.group_size < 2:
         print("stage3: warning: grpo.group_size=1 gives every rollout advantage 0 (nothing to learn)")
 
@@ -373,6 +380,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     tok = processor.tokenizer
     pad = tok.pad_token_id
     suppress = vision_token_ids(tok)
+    judgment_ids = status_ids(tok)
     video_kwargs = video_kwargs_for(processor, cfg.data.max_pixels)
     w = cfg.weights
     weights = (w.format, w.status, w.type, w.temporal, w.spatial)
@@ -458,6 +466,9 @@ def main(argv: list[str] | None = None) -> Path | None:
                     with accelerator.accumulate(model):
                         logp = rollout_logprobs(model, batch, g.temperature, suppress)
                         mask = batch["assistant_mask"].to(logp.device)
+                        token_weights = None
+                        if g.status_weight != 1.0:
+                            token_weights = status_weights(batch["input_ids"], mask, judgment_ids, g.status_weight)
                         if old_logps[k] is None:  # the first pass runs the weights that sampled: pi_theta_old
                             old_logps[k] = logp.detach()
                             sampled = torch.cat([r.sampled_logp for r in rollouts[k * micro : (k + 1) * micro]])
@@ -471,6 +482,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                             ref_logp=ref_logps[k],
                             beta=g.beta,
                             clip_eps=g.clip_eps,
+                            weights=token_weights,
                         )
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and t.max_grad_norm is not None:

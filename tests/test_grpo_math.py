@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cac_align.algos.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_k3
+from cac_align.algos.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_k3, status_weights
 
 EPS = 1e-6
 
@@ -138,6 +138,29 @@ def test_on_policy_ratio_is_one_and_gradient_is_advantage_over_length():
     loss.backward()
     lengths = mask.sum(1, keepdim=True).double()
     assert torch.allclose(logp.grad, torch.where(mask, -adv[:, None] / (3 * lengths), 0.0))
+
+
+def test_status_weights_turn_each_rollout_mean_into_a_weighted_mean():
+    # tokens 7 and 9 are the two status ids; the prompt's 7 (off the mask) gets no weight
+    ids = torch.tensor([[7, 5, 7, 3, 9], [1, 9, 4, 4, 2]])
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    w = status_weights(ids, mask, (7, 9), 5.0)
+    assert w.tolist() == [[1, 1, 5, 1, 5], [1, 5, 1, 1, 1]]
+    assert torch.equal(status_weights(ids, mask, (7, 9), 1.0), torch.ones(2, 5))
+    logp, old, _ = _two_rollouts(RATIOS, MASK)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    loss, _ = clipped_surrogate(logp, logp.detach(), adv, mask, weights=w)
+    assert loss.item() == pytest.approx(-(1.0 - 1.0) / 2)  # on-policy: each weighted mean of r A is still A
+    loss.backward()
+    # d(-J)/d logp_it = -A_i w_it / (B sum_t w_it) on the mask
+    expected = torch.zeros(2, 5, dtype=torch.float64)
+    expected[0, 1:] = -torch.tensor([1.0, 5.0, 1.0, 5.0], dtype=torch.float64) / (2 * 12)
+    expected[1, 1:4] = torch.tensor([5.0, 1.0, 1.0], dtype=torch.float64) / (2 * 7)
+    assert torch.allclose(logp.grad, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="status weight"):
+        status_weights(ids, mask, (7, 9), 0.0)
+    with pytest.raises(ValueError, match="weights"):
+        clipped_surrogate(logp, old, adv, mask, weights=torch.ones(2, 4))
 
 
 # --------------------------------------------------------------------------------------------- Eq. 11 k3 KL

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["clipped_surrogate", "group_advantages", "grpo_loss", "kl_k3"]
+__all__ = ["clipped_surrogate", "group_advantages", "grpo_loss", "kl_k3", "status_weights"]
 
 
 def _group_index(groups: int | Sequence[Hashable] | torch.Tensor, n: int) -> torch.Tensor:
@@ -108,10 +108,14 @@ def _check(logp: torch.Tensor, other: torch.Tensor, mask: torch.Tensor, name: st
     return mask.bool()
 
 
-def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``1/B sum_i 1/|y_i| sum_t x_it`` over masked tokens (Eq. 9 and 11). A row with no token contributes 0."""
-    lengths = mask.sum(dim=1).clamp_min(1)
-    return (torch.where(mask, per_token, 0.0).sum(dim=1) / lengths).mean()
+def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``1/B sum_i 1/|y_i| sum_t x_it`` over masked tokens (Eq. 9 and 11). A row with no token contributes 0.
+    With ``weights``, each row's mean is weighted: ``sum_t w_it x_it / sum_t w_it``."""
+    if weights is None:
+        lengths = mask.sum(dim=1).clamp_min(1)
+        return (torch.where(mask, per_token, 0.0).sum(dim=1) / lengths).mean()
+    w = torch.where(mask, weights.to(per_token.dtype), 0.0)
+    return ((w * torch.where(mask, per_token, 0.0)).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)).mean()
 
 
 def clipped_surrogate(
@@ -121,6 +125,7 @@ def clipped_surrogate(
     mask: torch.Tensor,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate loss ``-J_clip``, Eq. 9-10, token level with per-sequence length normalisation.
 
@@ -135,6 +140,9 @@ def clipped_surrogate(
         mask: ``[B, T]`` 1/True on generated tokens.
         clip_eps: ``epsilon`` of Eq. 9 (lower side, and upper side unless ``clip_eps_high`` is given).
         clip_eps_high: Upper clip range (DAPO's clip-higher); ``None`` uses ``clip_eps``.
+        weights: ``[B, T]`` positive token weights, or None (the paper: every generated token weighs 1). Each
+            rollout's ``1/|y_i| sum_t`` becomes ``sum_t w_it (.) / sum_t w_it`` (a departure: see
+            :func:`status_weights`).
 
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars over generated tokens: ``clip_frac`` (tokens whose
@@ -147,12 +155,14 @@ def clipped_surrogate(
     high = clip_eps if clip_eps_high is None else clip_eps_high
     if clip_eps < 0 or high < 0:
         raise ValueError(f"clip ranges must be >= 0, got clip_eps={clip_eps}, clip_eps_high={clip_eps_high}")
+    if weights is not None and (weights.shape != logp.shape or bool((weights[m] <= 0).any())):
+        raise ValueError(f"weights: expected positive values of shape {tuple(logp.shape)}, got {tuple(weights.shape)}")
     log_ratio = torch.where(m, logp - old_logp.detach(), 0.0)  # masked garbage never reaches exp()
     ratio = torch.exp(log_ratio)
     a = advantages.detach().to(ratio.dtype)[:, None]
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * a
-    loss = -_sequence_mean(torch.minimum(unclipped, clipped), m)
+    loss = -_sequence_mean(torch.minimum(unclipped, clipped), m, weights)
 
     with torch.no_grad():
         n = m.sum().clamp_min(1)
@@ -199,11 +209,13 @@ def grpo_loss(
     beta: float = 0.0,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss ``-(J_clip - beta * D_KL)``, Eq. 12 (= Eq. 1), from Eq. 9-11.
 
     Args:
-        logp, old_logp, advantages, mask, clip_eps, clip_eps_high: As in :func:`clipped_surrogate`.
+        logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights: As in :func:`clipped_surrogate` (the
+            weights act on the surrogate only; the KL of Eq. 11 stays a plain per-rollout mean).
         ref_logp: ``[B, T]`` reference-policy log-probs; needed when ``beta > 0``, optional (KL logged) otherwise.
         beta: KL coefficient.
 
@@ -215,7 +227,7 @@ def grpo_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logp (reference-policy log-probs)")
-    policy_loss, stats = clipped_surrogate(logp, old_logp, advantages, mask, clip_eps, clip_eps_high)
+    policy_loss, stats = clipped_surrogate(logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights)
     loss = policy_loss
     stats["policy_loss"] = policy_loss.detach()
     if ref_logp is not None:
@@ -225,3 +237,20 @@ def grpo_loss(
             loss = loss + beta * kl
     stats["loss"] = loss.detach()
     return loss, stats
+
+
+def status_weights(
+    input_ids: torch.Tensor, mask: torch.Tensor, status_ids: Sequence[int], weight: float
+) -> torch.Tensor:
+    """Token weights for :func:`clipped_surrogate`: ``weight`` on the generated tokens whose id is in ``status_ids``
+    (where "normal" and "abnormal" part, :func:`cac_align.reward.sft.status_ids`), 1 elsewhere.
+
+    A departure from Eq. 10, off by default (``weight = 1``): the judgment that decides most of a rollout's reward is
+    one token of answers of 40-200, so under the ``1/|y_i|`` mean a model that must still learn to see gets almost
+    none of the surrogate's gradient on it (the same reason :func:`cac_align.reward.sft.sft_loss` weighs it).
+    """
+    if not weight > 0:
+        raise ValueError(f"status weight must be > 0, got {weight}")
+    ids = torch.tensor(list(status_ids), device=input_ids.device, dtype=input_ids.dtype)
+    hit = torch.isin(input_ids, ids) & mask.bool().to(input_ids.device)
+    return 1.0 + (weight - 1.0) * hit.float()

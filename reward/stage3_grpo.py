@@ -468,7 +468,9 @@ def main(argv: list[str] | None = None) -> Path | None:
                         mask = batch["assistant_mask"].to(logp.device)
                         token_weights = None
                         if g.status_weight != 1.0:
-                            token_weights = status_weights(batch["input_ids"], mask, judgment_ids, g.status_weight)
+                            token_weights = status_weights(
+                                batch["input_ids"].to(logp.device), mask, judgment_ids, g.status_weight
+                            )
                         if old_logps[k] is None:  # the first pass runs the weights that sampled: pi_theta_old
                             old_logps[k] = logp.detach()
                             sampled = torch.cat([r.sampled_logp for r in rollouts[k * micro : (k + 1) * micro]])

@@ -114,7 +114,7 @@ def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor, weights: torch.T
     if weights is None:
         lengths = mask.sum(dim=1).clamp_min(1)
         return (torch.where(mask, per_token, 0.0).sum(dim=1) / lengths).mean()
-    w = torch.where(mask, weights.to(per_token.dtype), 0.0)
+    w = torch.where(mask, weights.to(per_token), 0.0)
     return ((w * torch.where(mask, per_token, 0.0)).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)).mean()
 
 

@@ -58,7 +58,7 @@ Where the paper is silent or this departs from it:
 - The learning rate has a linear warmup (``train.warmup_steps`` optimizer steps, 0 in the paper preset) and is then
   constant; the paper gives no schedule.
 - ``grpo.status_weight`` (default 1: Eq. 10 as written) weighs the status token that many times in each rollout's
-  surrogate mean (:func:`cac_align.algos.grpo.status_weights`), as ``train.status_weight`` does in the SFT stages.
+  surrogate mean (:func:`cac_align.reward.sft.status_weights`), as ``train.status_weight`` does in the SFT stages.
 """
 
 import math
@@ -72,14 +72,14 @@ import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
 
-from cac_align.algos.grpo import group_advantages, grpo_loss, status_weights
+from cac_align.algos.grpo import group_advantages, grpo_loss
 from cac_align.algos.rollout import RolloutInput, rollout_logprobs, two_turn_rollouts
 from cac_align.config import config_to_dict, load_config, save_config
 from cac_align.data.stages import StepSampler, load_stage_manifest, video_kwargs_for
 from cac_align.reward.cac import read_settings
 from cac_align.reward.chat import collate
 from cac_align.reward.qwen import load_qwen3vl, vision_token_ids
-from cac_align.reward.sft import LORA_TARGETS, lora_config, status_ids
+from cac_align.reward.sft import LORA_TARGETS, lora_config, status_ids, status_weights
 from cac_align.reward.training import DTYPES, resolve_init, resume_state, save_final, save_state
 from cac_align.rewards import rollout_reward
 from cac_align.schema import Annotation
@@ -146,7 +146,7 @@ class GRPOSection:
     # Optimizer steps per rollout batch (1: on-policy, ratio 1; more: PPO-style reuse where clipping acts).
     num_iterations: int = 1
     # Weight of the status token in each rollout's surrogate mean (1: Eq. 10 as written; see status_weights in
-    # cac_align.algos.grpo; the KL is not weighted).
+    # cac_align.reward.sft; the KL is not weighted).
     status_weight: float = 1.0
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cac_align.algos.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_k3, status_weights
+from cac_align.algos.grpo import clipped_surrogate, group_advantages, grpo_loss, kl_k3
+from cac_align.reward.sft import status_weights
 
 EPS = 1e-6
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["clipped_surrogate", "group_advantages", "grpo_loss", "kl_k3", "status_weights"]
+__all__ = ["clipped_surrogate", "group_advantages", "grpo_loss", "kl_k3"]
 
 
 def _group_index(groups: int | Sequence[Hashable] | torch.Tensor, n: int) -> torch.Tensor:
@@ -142,7 +142,7 @@ def clipped_surrogate(
         clip_eps_high: Upper clip range (DAPO's clip-higher); ``None`` uses ``clip_eps``.
         weights: ``[B, T]`` positive token weights, or None (the paper: every generated token weighs 1). Each
             rollout's ``1/|y_i| sum_t`` becomes ``sum_t w_it (.) / sum_t w_it`` (a departure: see
-            :func:`status_weights`).
+            :func:`cac_align.reward.sft.status_weights`).
 
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars over generated tokens: ``clip_frac`` (tokens whose
@@ -237,20 +237,3 @@ def grpo_loss(
             loss = loss + beta * kl
     stats["loss"] = loss.detach()
     return loss, stats
-
-
-def status_weights(
-    input_ids: torch.Tensor, mask: torch.Tensor, status_ids: Sequence[int], weight: float
-) -> torch.Tensor:
-    """Token weights for :func:`clipped_surrogate`: ``weight`` on the generated tokens whose id is in ``status_ids``
-    (where "normal" and "abnormal" part, :func:`cac_align.reward.sft.status_ids`), 1 elsewhere.
-
-    A departure from Eq. 10, off by default (``weight = 1``): the judgment that decides most of a rollout's reward is
-    one token of answers of 40-200, so under the ``1/|y_i|`` mean a model that must still learn to see gets almost
-    none of the surrogate's gradient on it (the same reason :func:`cac_align.reward.sft.sft_loss` weighs it).
-    """
-    if not weight > 0:
-        raise ValueError(f"status weight must be > 0, got {weight}")
-    ids = torch.tensor(list(status_ids), device=input_ids.device, dtype=input_ids.dtype)
-    hit = torch.isin(input_ids, ids) & mask.bool().to(input_ids.device)
-    return 1.0 + (weight - 1.0) * hit.float()

@@ -2,7 +2,7 @@
 
 * :func:`sft_loss` - the next-token cross-entropy on the assistant tokens of a :func:`cac_align.reward.chat.collate`
   batch (the answers and their closing ``<|im_end|>``; prompts, video tokens and padding carry no loss), optionally
-  weighing the status token (:func:`status_ids`) more.
+  weighing the status token (:func:`status_ids`, :func:`status_weights`) more.
 * :data:`LORA_TARGETS` / :func:`lora_config` - LoRA on every linear layer of the three parts the paper unfreezes
   ("All training stages unfreeze the full pipeline, including the ViT encoder, the adapter, and the LLM", Sec. 4):
   the language model's attention and MLP projections, the vision blocks' ``attn.qkv``/``attn.proj``/``mlp.linear_fc1/2``
@@ -84,8 +84,7 @@ def sft_loss(
     ).view_as(targets)
     if status_weight == 1.0 or not status_ids:
         return per_token.sum() / n, n
-    status = torch.isin(targets, torch.tensor(status_ids, device=targets.device)) & labelled
-    weight = 1.0 + (status_weight - 1.0) * status.float()
+    weight = status_weights(targets, labelled, status_ids, status_weight)
     return (per_token * weight).sum() / (weight * labelled).sum(), n
 
 
@@ -95,6 +94,20 @@ def status_ids(tokenizer) -> tuple[int, int]:
 
     st = status_tokens(tokenizer)
     return st.normal, st.abnormal
+
+
+def status_weights(ids: torch.Tensor, mask: torch.Tensor, status_ids: Iterable[int], weight: float) -> torch.Tensor:
+    """Token weights: ``weight`` where ``mask`` is set and the id is in ``status_ids`` (:func:`status_ids`), 1 elsewhere.
+
+    The weighted means of :func:`sft_loss` (stages 1-2, ``train.status_weight``) and of the stage-3 surrogate
+    (:func:`cac_align.algos.grpo.clipped_surrogate`, ``grpo.status_weight``) use it. A departure from the paper's
+    plain means (Eq. 10 in stage 3), off at ``weight = 1``: the judgment that decides an answer is one token of
+    40-200, so under a plain mean a model that must still learn to see gets almost none of the gradient from it.
+    """
+    if not weight > 0:
+        raise ValueError(f"status weight must be > 0, got {weight}")
+    hit = torch.isin(ids, torch.tensor(list(status_ids), device=ids.device, dtype=ids.dtype))
+    return 1.0 + (weight - 1.0) * (hit & mask.bool().to(ids.device)).float()
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:

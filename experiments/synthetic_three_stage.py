@@ -326,6 +326,8 @@ def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str
     preds = sorted(read_jsonl(bench / "predictions.jsonl"), key=lambda r: r["index"])
     first_turn = 2 if mode == "single-turn" else 1  # the single-turn answer carries boxes, as a turn-2 answer does
     turn2 = [parse_judgment(r["answers"][1], 2).valid if len(r["answers"]) > 1 else None for r in preds]
+    # per defect kind (the motion world's flickers, the distortion world's glitches), which videos show it
+    shows = {k: [k in a.meta.get("kinds", []) for a in annotations] for k in kinds_of(annotations)}
     return {
         "status_acc": m["table1"]["accuracy"],
         "anomalous_recall": m["table1"]["anomalous"]["recall"],
@@ -340,19 +342,17 @@ def summarize(bench: Path, annotations: list[Annotation], mode: str) -> dict[str
         else None,
         # Eq. 7 is high for normal videos: AUC of the reward with normal as the positive class
         "reward_auc": roc_auc([r["score"] for r in preds], [not a.is_abnormal for a in annotations]),
-        # per defect kind (the motion world's flickers, the distortion world's glitches): anomalous videos called so
+        # per defect kind: the share of the videos showing it that were called abnormal
         "recall_by_kind": {
-            kind: sum(r["status"] == "abnormal" for r in hits) / len(hits)
-            for kind in kinds_of(annotations)
-            if (hits := [r for r, a in zip(preds, annotations, strict=True) if kind in a.meta.get("kinds", [])])
+            kind: sum(r["status"] == "abnormal" for r, s in zip(preds, v, strict=True) if s) / sum(v)
+            for kind, v in shows.items()
         },
         # per held-out video, what the paired bootstrap of :func:`verdicts` resamples
         "per_video": {
             "correct": [r["status"] == a.status for r, a in zip(preds, annotations, strict=True)],
             "score": [r["score"] for r in preds],
             "valid_turn2": turn2,  # None where the answer ended after turn 1
-            # per defect kind, which videos show it (their recall is the share of them called abnormal)
-            "kinds": {k: [k in a.meta.get("kinds", []) for a in annotations] for k in kinds_of(annotations)},
+            "kinds": shows,  # per defect kind, which videos show it
         },
     }
 

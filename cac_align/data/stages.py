@@ -498,8 +498,9 @@ def stage2_samples(
         chosen = rng.sample(windows, min(clips_per_video, len(windows)))
         if cot_window in windows:  # the window the manifest's turn-2 CoT describes comes first
             chosen = [cot_window] + [w for w in chosen if w != cot_window][: clips_per_video - 1]
+        turn2_cot = _cot(ann, "turn2")
         for w in sorted(chosen):
-            cot = _cot(ann, "turn2") if w == cot_window or _cot(ann, "turn2") == "" else None
+            cot = turn2_cot if w == cot_window or turn2_cot == "" else None
             alarm = None if ann.is_abnormal else rng.choice(TAXONOMY)
             cl[ann.status].append(_clip_sample(ann, n, w, clip_fps, cot, alarm, prompt_style))
     vids["abnormal"], vids["normal"] = _balance(vids["abnormal"], vids["normal"], rng)

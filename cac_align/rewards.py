@@ -144,6 +144,7 @@ def rollout_reward(
     turn2: str | Judgment | None,
     annotation: Annotation,
     weights: Sequence[float] = PAPER_WEIGHTS,
+    status_check: str = "valid",
 ) -> RewardBreakdown:
     """The reward R(y) of one two-turn rollout (Eq. 2-6), against the GT ``annotation``.
 
@@ -154,28 +155,36 @@ def rollout_reward(
       ignored whatever it is. A valid ``abnormal`` turn 1 expects a turn 2; ``None`` there counts as an invalid turn.
     * **Format (Eq. 2).** ``R_fmt = 1/2 sum_t (0 if valid else -1)``. Turn 1 valid and normal: the absent turn 2
       counts as valid (R_fmt = 0). Turn 1 invalid: both turns count invalid (R_fmt = -1).
-    * **Status.** 0 if correct, -1 otherwise, weighted by ``w2 * gamma_bar``. An invalid (or missing) turn fails the
-      check, whatever status it may contain. A GT-normal video passes iff turn 1 is valid and says ``normal`` (a
-      turn 1 saying ``abnormal`` fails, whatever turn 2 says). A GT-anomalous video passes iff turn 1 and turn 2 are
-      both valid and both say ``abnormal``.
+    * **Status.** 0 if correct, -1 otherwise, weighted by ``w2 * gamma_bar``. A GT-normal video passes iff turn 1
+      says ``normal`` (a turn 1 saying ``abnormal`` fails, whatever turn 2 says). A GT-anomalous video passes iff
+      turn 1 says ``abnormal`` with a usable window (a valid turn 1) and turn 2 says ``abnormal``. Which status a
+      turn "says" depends on ``status_check``: ``"valid"`` (default) reads it from valid answers only, so an invalid
+      (or missing) turn fails the check whatever status it may contain; ``"read"`` reads it as
+      :class:`~cac_align.reward.cac.CaCReward` does at inference, also from an invalid answer
+      (:func:`parse_judgment` still finds its status), leaving invalidity to the format term alone.
     * **IoU terms.** When the status check fails, the raw R_type, R_temp and R_spa are 0 before the saliency
       transform (so each still contributes ``1 - gamma_bar``); for GT-normal videos the mask m = 0 removes them.
       R_type is Eq. 3, the mean over both turns of :func:`type_iou` with the GT types. R_temp is Eq. 4 between the
       union of the turn-1 windows and the union of the GT windows, in the annotation's frame index space. R_spa is
       Eq. 5 via :func:`spatial_iou`: turn 2 saw the turn-1 window span ``Judgment.window`` cropped with
-      :func:`cac_align.video.crop_window` at ``annotation.fps`` -> 8 fps, and its box keys are clip frames.
+      :func:`cac_align.video.crop_window` at ``annotation.fps`` -> 8 fps, and its box keys are clip frames. With
+      ``status_check="read"`` an invalid turn 2 that passes the check gives no turn-2 evidence: R_spa = 0 and R_type
+      takes 0 for turn 2.
 
     Args:
         turn1: turn-1 answer (text or Judgment).
         turn2: turn-2 answer (text or Judgment), or None when there was no second turn.
         annotation: the ground truth of the video.
         weights: (w1, ..., w5) of Eq. 6; the paper's (1, 2, 2, 2, 5) by default.
+        status_check: ``"valid"`` or ``"read"``, see Status above.
 
     Returns:
         A :class:`RewardBreakdown` whose ``total`` is R(y).
     """
     if len(weights) != 5:
         raise ValueError(f"weights: expected 5 values (w1..w5 of Eq. 6), got {len(weights)}")
+    if status_check not in ("valid", "read"):
+        raise ValueError(f"status_check: expected 'valid' or 'read', got {status_check!r}")
     w1, w2, w3, w4, w5 = (float(w) for w in weights)
     j1 = turn1 if isinstance(turn1, Judgment) else parse_judgment(turn1, turn=1)
 
@@ -193,26 +202,31 @@ def rollout_reward(
         r_fmt = 0.0 if (j2 is not None and j2.valid) else -0.5
 
     # Status check
-    if annotation.is_abnormal:
-        ok = j1.valid and j1.status == "abnormal" and j2 is not None and j2.valid and j2.status == "abnormal"
+    def says(j: Judgment | None, status: str) -> bool:
+        return j is not None and (j.valid or status_check == "read") and j.status == status
+
+    if annotation.is_abnormal:  # reaching turn 2 already needs a valid abnormal turn 1 (not ended)
+        ok = not ended and says(j1, "abnormal") and says(j2, "abnormal")
     else:
-        ok = j1.valid and j1.status == "normal"
+        ok = says(j1, "normal")
     r_stat = 0.0 if ok else -1.0
 
     # Eq. 3-5, gated by the status check and masked for GT-normal videos
     mask = 1.0 if annotation.is_abnormal else 0.0
     r_type = r_temp = r_spa = 0.0
-    if ok and annotation.is_abnormal and j2 is not None:  # ok already implies a valid turn 2 here
+    if ok and annotation.is_abnormal and j2 is not None:  # ok implies a turn 2 here (valid under "valid")
         gt_labels = annotation.labels
-        r_type = 0.5 * (type_iou(j1.labels, gt_labels) + type_iou(j2.labels, gt_labels))
+        evidence = j2.valid  # an invalid turn 2 (only under "read") carries no usable labels or boxes
+        r_type = 0.5 * (type_iou(j1.labels, gt_labels) + (type_iou(j2.labels, gt_labels) if evidence else 0.0))
         f_pred = j1.frame_set
         r_temp = temporal_iou(f_pred, annotation.frame_set)
-        r_spa = spatial_iou(
-            f_pred,
-            _merge_boxes(a.bboxes for a in j2.anomalies),
-            _merge_boxes(a.bboxes for a in annotation.anomalies),
-            fps=annotation.fps,
-        )
+        if evidence:
+            r_spa = spatial_iou(
+                f_pred,
+                _merge_boxes(a.bboxes for a in j2.anomalies),
+                _merge_boxes(a.bboxes for a in annotation.anomalies),
+                fps=annotation.fps,
+            )
 
     # Eq. 6
     g = annotation.mean_discount

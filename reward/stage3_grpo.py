@@ -148,6 +148,10 @@ class GRPOSection:
     # Weight of the status token in each rollout's surrogate mean (1: Eq. 10 as written; see status_weights in
     # cac_align.reward.sft; the KL is not weighted).
     status_weight: float = 1.0
+    # Which status the status reward reads (cac_align.rewards.rollout_reward): "valid" (an invalid turn fails the
+    # check) or "read" (the status as CaCReward reads it at inference, also from an invalid answer; invalidity is
+    # then left to the format reward).
+    status_check: str = "valid"
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6
     # Most sequences per generate call on each process (null: all rollouts of a turn at once).
@@ -300,6 +304,8 @@ def main(argv: list[str] | None = None) -> Path | None:
             raise SystemExit(f"stage3: {name} must be >= 1, got {value}")
     if not g.status_weight > 0:
         raise SystemExit(f"stage3: grpo.status_weight must be > 0, got {g.status_weight}")
+    if g.status_check not in ("valid", "read"):
+        raise SystemExit(f"stage3: grpo.status_check must be 'valid' or 'read', got {g.status_check!r}")
     if g.group_size < 2:
         print("stage3: warning: grpo.group_size=1 gives every rollout advantage 0 (nothing to learn)")
 
@@ -413,7 +419,10 @@ def main(argv: list[str] | None = None) -> Path | None:
 
         # 2. rewards (Eq. 2-6) and group-normalised advantages (Eq. 8); a group is one video on this process
         with timer("reward"):
-            scores = [rollout_reward(r.judgment1, r.judgment2, anns[r.group], weights) for r in rollouts]
+            scores = [
+                rollout_reward(r.judgment1, r.judgment2, anns[r.group], weights, status_check=g.status_check)
+                for r in rollouts
+            ]
             rewards = torch.tensor([s.total for s in scores], dtype=torch.float64)
             advantages = group_advantages(rewards, g.group_size, eps=g.adv_eps)
         values: dict[str, list[float]] = {k: [] for k in ROLLOUT_KEYS}

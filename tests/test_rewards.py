@@ -297,6 +297,53 @@ def test_anomalous_invalid_turn2_fails_even_if_its_status_says_abnormal():
     assert (r.format, r.status, r.spatial) == (-0.5, -1.0, 0.0)
 
 
+# status_check="read": the status as CaCReward reads it at inference, also from an invalid answer
+
+
+def test_read_status_invalid_turn2_saying_abnormal_passes_without_turn2_evidence():
+    bad = turn2("abnormal", (OD, {2: [BOX], 4: [BOX]}), valid=False)
+    r = rollout_reward(turn1("abnormal", (OD, (4, 7))), bad, annotation(GT_OD), status_check="read")
+    assert r.status_correct and (r.format, r.status) == (-0.5, 0.0)
+    # R_type = (1 + 0) / 2 (turn 2 gives no labels), R_temp = 1 (turn 1's window), R_spa = 0 (no usable boxes)
+    assert (r.type, r.temporal, r.spatial) == (0.5, 1.0, 0.0)
+    assert r.total == pytest.approx(1 * -0.5 + 2 * 1 * 0 + (2 * 0.5 + 2 * 1 + 5 * 0))
+    # beats answering normal (-2) and the same turn 2 under the default reading (-2.5)
+    assert r.total > rollout_reward(turn1("normal"), None, annotation(GT_OD), status_check="read").total
+    assert rollout_reward(turn1("abnormal", (OD, (4, 7))), bad, annotation(GT_OD)).total == pytest.approx(-2.5)
+
+
+def test_read_status_still_fails_wrong_or_missing_statuses():
+    t1 = turn1("abnormal", (OD, (4, 7)))
+    for second in (INVALID, turn2("normal", valid=False), None):
+        r = rollout_reward(t1, second, annotation(GT_OD), status_check="read")
+        assert not r.status_correct and r.status == -1.0 and r.temporal == 0.0
+    # an invalid turn 1 has no usable window: the rollout ends there, whatever status it reads
+    bad_t1 = turn1("abnormal", (OD, (4, 7)), valid=False)
+    r = rollout_reward(bad_t1, turn2("abnormal", (OD, {2: [BOX]})), annotation(GT_OD), status_check="read")
+    assert not r.status_correct and r.turn2 is None
+
+
+def test_read_status_on_normal_videos():
+    r = rollout_reward(turn1("normal", valid=False), None, annotation(), status_check="read")
+    assert r.status_correct and r.total == pytest.approx(1 * -1 + 2 * 1 * 0)
+    r = rollout_reward(INVALID, None, annotation(), status_check="read")  # no status at all
+    assert not r.status_correct and r.total == pytest.approx(1 * -1 + 2 * 1 * -1)
+
+
+def test_read_status_leaves_valid_answers_unchanged():
+    for gt, t1, t2 in [
+        (annotation(GT_OD), PARTIAL_T1, PARTIAL_T2),
+        (annotation(GT_OD), turn1("abnormal", (OD, (4, 7))), turn2("normal")),
+        (annotation(), turn1("abnormal", (OD, (0, 3))), None),
+    ]:
+        assert rollout_reward(t1, t2, gt, status_check="read") == rollout_reward(t1, t2, gt)
+
+
+def test_status_check_must_be_known():
+    with pytest.raises(ValueError, match="status_check"):
+        rollout_reward(turn1("normal"), None, annotation(), status_check="lenient")
+
+
 def test_anomalous_turn1_says_normal_ends_rollout():
     perfect_t2 = turn2("abnormal", (OD, {2: [BOX], 4: [BOX]}))
     r = rollout_reward(turn1("normal"), perfect_t2, annotation(GT_OD))

@@ -347,6 +347,7 @@ def test_recipe_with_lora_uses_the_adapter_free_model_as_reference(world, tmp_pa
         "lora.rank=4",
         "train.weight_decay=0",
         "grpo.status_weight=3",  # the weighted surrogate's path (the status token weighs 3)
+        "grpo.status_check=read",
     )
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["grpo/kl"] < 1e-6  # B = 0 at the start: the LoRA-disabled model is the policy itself
@@ -363,6 +364,8 @@ def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "train.grad_accum=3"))
     with pytest.raises(SystemExit, match="status_weight"):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_weight=0"))
+    with pytest.raises(SystemExit, match="status_check"):
+        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_check=lenient"))
 
 
 def _two_ranks(rank: int, world_size: int, manifest: str, init: str, out: str) -> dict:

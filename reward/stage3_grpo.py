@@ -59,6 +59,12 @@ Where the paper is silent or this departs from it:
   constant; the paper gives no schedule.
 - ``grpo.status_weight`` (default 1: Eq. 10 as written) weighs the status token that many times in each rollout's
   surrogate mean (:func:`cac_align.reward.sft.status_weights`), as ``train.status_weight`` does in the SFT stages.
+- The status reward fails an invalid turn whatever status it holds (``grpo.status_check = "valid"``, our reading of
+  Sec. 3.3: "correct across both turns"). So an anomaly seen in both turns whose turn-2 box list breaks its JSON
+  scores below answering ``normal``, which pushes a policy with fragile turn-2 answers towards ``normal``.
+  ``grpo.status_check = "read"`` reads each turn's status as ``CaCReward`` does at inference, also from an invalid
+  answer, and leaves invalidity to the format reward (measured in ``experiments/RESULTS.md``: it keeps the
+  anomalous recall the default loses there, but does not raise the status accuracy).
 """
 
 import math

@@ -187,6 +187,32 @@ def test_clip_windows_cover_the_anomaly_and_cut_no_other(world):
     assert all(s.num_frames[1] == clip_frames(video, s.window, 4.0, 8.0) for s in clips)
 
 
+def test_a_false_alarm_looks_like_a_real_turn1_answer(world):
+    # turn 2 must judge the clip, not read the answer off turn 1: a normal clip's turn-1 alarm names a real anomaly of
+    # the split (label, reason, region) and has a window length that the anomalous clips' windows have
+    video = _video(world, normal=False)  # 8 frames at 4 fps
+    short = AnomalySpan("Object Distortion", (2, 3), "bent", "the ball", bboxes={2: [(0, 0, 10, 10)]})
+    long = AnomalySpan("Motion Anomalies", (5, 7), "jitters", "the box", bboxes={5: [(5, 5, 20, 20)]})
+    normals = [a for a in load_stage_manifest(world / "data" / "manifest.jsonl") if not a.is_abnormal]
+    samples, _ = stage2_samples([_ann(video, [short, long]), *normals], seed=1, videos=False, clips_per_video=4)
+    real = {(a.label, a.reason, a.region) for a in (short, long)}
+
+    def turn1(s):
+        (alarm,) = parse_judgment(s.answers[0], turn=1).anomalies
+        return (alarm.label, alarm.reason, alarm.region), s.window[1] - s.window[0] + 1
+
+    anomalous = [turn1(s) for s in samples if s.status == "abnormal"]
+    normal = [turn1(s) for s in samples if s.status == "normal"]
+    assert len(normal) == len(anomalous) > 0
+    assert {item for item, _ in normal} <= real and {n for _, n in normal} <= {n for _, n in anomalous}
+    assert len({n for _, n in normal}) > 1  # not one fixed length, which would tell the classes apart
+    for s in samples:
+        if s.status == "normal":
+            assert parse_judgment(s.answers[1], turn=2).status == "normal"
+    alone, _ = stage2_samples(normals[:2], seed=0, videos=False)  # nothing to balance normal clips against
+    assert alone == []
+
+
 def test_cot_comes_from_the_manifest_for_the_view_it_was_written_for(world):
     video = _video(world, normal=False)
     span = AnomalySpan(

@@ -27,8 +27,11 @@ Stage 2 (:func:`stage2_samples`). Two kinds, each 1:1 normal/anomalous:
   :func:`cac_align.video.crop_clip` at 8 fps; only turn 2's answer carries loss. Its target gives, per anomaly, the
   clip frames covering the anomaly and the boxes of every clip frame: clip frames ``clip_frame_of(j, s)`` to
   ``clip_frame_of(j + 1, s) - 1`` (frames 2(j - s) and 2(j - s) + 1 at 4 -> 8 fps) get the boxes of annotated frame
-  ``j``, the crop rule the spatial reward (Eq. 5) uses. A normal clip's turn 1 is a false alarm on ``[s, e]`` (a
-  seeded label, "a closer look is needed"), which turn 2 rejects: the case turn 2 exists for.
+  ``j``, the crop rule the spatial reward (Eq. 5) uses. A normal clip's turn 1 is a false alarm on ``[s, e]``, which
+  turn 2 rejects: the case turn 2 exists for. The false alarm must not look different from a real one, or turn 2
+  learns to read the answer off turn 1's text instead of the clip (and then confirms every alarm of the model's own
+  turn 1, whose reasons look real): its label, reason and region are those of a real anomaly of another video of the
+  split, and its window length is drawn from the anomalous clips' window lengths (seeded).
 
 Chain of thought. From the manifest's ``cot`` when it was written for the same view: ``cot["turn1"]`` for a video
 sample, ``cot["turn2"]`` for a clip sample whose window is the one the CoT was written for
@@ -67,7 +70,6 @@ from cac_align.reward.chat import Encoded, Turn, assistant_labels, collate, enco
 from cac_align.reward.prompts import single_turn_prompt, turn1_prompt, turn2_prompt
 from cac_align.schema import (
     SINGLE_FRAME_LABELS,
-    TAXONOMY,
     Annotation,
     AnomalySpan,
     Box,
@@ -390,7 +392,7 @@ def _clip_sample(
     window: tuple[int, int],
     clip_fps: float,
     cot: str | None,
-    alarm: str | None,
+    alarm: tuple[str, str, str] | None,
     style: str,
 ) -> SFTSample:
     s, e = window
@@ -410,7 +412,8 @@ def _clip_sample(
         ]
     else:
         assert alarm is not None
-        turn1_items = [PredAnomaly(alarm, window, {}, f"possible {alarm.lower()}", "")]
+        label, reason, region = alarm
+        turn1_items = [PredAnomaly(label, window, {}, reason, region)]
         items = []
     answer1 = format_judgment("abnormal", turn1_items, template_cot("alarm", ann, turn1_items), turn=1)
     answer2 = format_judgment(ann.status, items, cot if cot is not None else template_cot("clip", ann, items), turn=2)
@@ -456,7 +459,7 @@ def stage2_samples(
 
     Args:
         annotations: the stage-2 manifest (absolute video paths, :func:`load_stage_manifest`).
-        seed: seeds the clip windows, the false-alarm labels and the 1:1 cuts.
+        seed: seeds the clip windows, the false alarms and the 1:1 cuts.
         videos: make whole-video samples.
         clips: make clip samples.
         clip_fps: the clips' sampling rate (8 in the paper).
@@ -474,6 +477,7 @@ def stage2_samples(
     stats = BuildStats()
     vids: dict[str, list[SFTSample]] = {"abnormal": [], "normal": []}
     cl: dict[str, list[SFTSample]] = {"abnormal": [], "normal": []}
+    kept: list[tuple[Annotation, int]] = []
     for ann in annotations:
         n = sequence_frames(ann.video, ann.fps)
         if n > max_frames:
@@ -484,13 +488,13 @@ def stage2_samples(
             continue
         if videos:
             vids[ann.status].append(_video_sample(ann, n, prompt_style))
-        if not clips:
+        kept.append((ann, n))
+    # anomalous clips first: the normal clips' false alarms copy their window lengths and real anomalies (module doc)
+    lengths: list[int] = []
+    for ann, n in kept if clips else []:
+        if not ann.is_abnormal:
             continue
-        if ann.is_abnormal:
-            windows = _clip_windows(ann, n, clip_max_frames)
-        else:
-            length = min(clip_max_frames, n)
-            windows = [(s, s + length - 1) for s in range(n - length + 1)]
+        windows = _clip_windows(ann, n, clip_max_frames)
         if not windows:
             stats.skip(f"no window of <= {clip_max_frames} frames covering an anomaly")
             continue
@@ -501,8 +505,26 @@ def stage2_samples(
         turn2_cot = _cot(ann, "turn2")
         for w in sorted(chosen):
             cot = turn2_cot if w == cot_window or turn2_cot == "" else None
-            alarm = None if ann.is_abnormal else rng.choice(TAXONOMY)
-            cl[ann.status].append(_clip_sample(ann, n, w, clip_fps, cot, alarm, prompt_style))
+            cl["abnormal"].append(_clip_sample(ann, n, w, clip_fps, cot, None, prompt_style))
+            lengths.append(w[1] - w[0] + 1)
+    real = [(a.label, a.reason, a.region) for ann, _ in kept if ann.is_abnormal for a in ann.anomalies]
+    for ann, n in kept if lengths else []:  # without anomalous clips the 1:1 balance keeps no normal one
+        if ann.is_abnormal:
+            continue
+        chosen: set[tuple[int, int]] = set()
+        for _ in range(10 * clips_per_video):  # distinct windows, as for anomalous videos
+            length = min(rng.choice(lengths), n)
+            start = rng.randrange(n - length + 1)
+            chosen.add((start, start + length - 1))
+            if len(chosen) == clips_per_video:
+                break
+        cot_window = _cot_window(ann, n, clip_max_frames, clip_fps)
+        if cot_window is not None and cot_window not in chosen:  # the window the manifest's CoT describes comes first
+            chosen = {cot_window, *sorted(chosen)[: clips_per_video - 1]}
+        turn2_cot = _cot(ann, "turn2")
+        for w in sorted(chosen):
+            cot = turn2_cot if w == cot_window or turn2_cot == "" else None
+            cl["normal"].append(_clip_sample(ann, n, w, clip_fps, cot, rng.choice(real), prompt_style))
     vids["abnormal"], vids["normal"] = _balance(vids["abnormal"], vids["normal"], rng)
     cl["abnormal"], cl["normal"] = _balance(cl["abnormal"], cl["normal"], rng)
     samples = vids["abnormal"] + vids["normal"] + cl["abnormal"] + cl["normal"]

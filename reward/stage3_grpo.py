@@ -64,7 +64,8 @@ Where the paper is silent or this departs from it:
   scores below answering ``normal``, which pushes a policy with fragile turn-2 answers towards ``normal``.
   ``grpo.status_check = "read"`` reads each turn's status as ``CaCReward`` does at inference, also from an invalid
   answer, and leaves invalidity to the format reward (measured in ``experiments/RESULTS.md``: it keeps the
-  anomalous recall the default loses there, but does not raise the status accuracy).
+  anomalous recall the default loses there but does not raise the status accuracy, and GRPO may then stop writing
+  valid box lists, which now cost only the format term).
 """
 
 import math

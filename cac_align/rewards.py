@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from cac_align.schema import Annotation, Box, Judgment, parse_judgment
 from cac_align.video import TURN1_FPS, TURN2_FPS, clip_frame_of, crop_window
@@ -144,7 +145,7 @@ def rollout_reward(
     turn2: str | Judgment | None,
     annotation: Annotation,
     weights: Sequence[float] = PAPER_WEIGHTS,
-    status_check: str = "valid",
+    status_check: Literal["valid", "read"] = "valid",
 ) -> RewardBreakdown:
     """The reward R(y) of one two-turn rollout (Eq. 2-6), against the GT ``annotation``.
 

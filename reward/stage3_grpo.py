@@ -158,7 +158,7 @@ class GRPOSection:
     # Which status the status reward reads (cac_align.rewards.rollout_reward): "valid" (an invalid turn fails the
     # check) or "read" (the status as CaCReward reads it at inference, also from an invalid answer; invalidity is
     # then left to the format reward).
-    status_check: str = "valid"
+    status_check: Literal["valid", "read"] = "valid"
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6
     # Most sequences per generate call on each process (null: all rollouts of a turn at once).
@@ -311,8 +311,6 @@ def main(argv: list[str] | None = None) -> Path | None:
             raise SystemExit(f"stage3: {name} must be >= 1, got {value}")
     if not g.status_weight > 0:
         raise SystemExit(f"stage3: grpo.status_weight must be > 0, got {g.status_weight}")
-    if g.status_check not in ("valid", "read"):
-        raise SystemExit(f"stage3: grpo.status_check must be 'valid' or 'read', got {g.status_check!r}")
     if g.group_size < 2:
         print("stage3: warning: grpo.group_size=1 gives every rollout advantage 0 (nothing to learn)")
 

@@ -26,6 +26,7 @@ from cac_align.algos.rollout import (
     two_turn_rollouts,
     usable_window,
 )
+from cac_align.config import ConfigError
 from cac_align.data.synthetic import generate
 from cac_align.reward.chat import collate, encode_user
 from cac_align.reward.prompts import turn2_prompt
@@ -364,7 +365,7 @@ def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "train.grad_accum=3"))
     with pytest.raises(SystemExit, match="status_weight"):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_weight=0"))
-    with pytest.raises(SystemExit, match="status_check"):
+    with pytest.raises(ConfigError, match="grpo.status_check: expected one of 'valid', 'read'"):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_check=lenient"))
 
 

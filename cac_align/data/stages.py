@@ -31,7 +31,8 @@ Stage 2 (:func:`stage2_samples`). Two kinds, each 1:1 normal/anomalous:
   turn 2 rejects: the case turn 2 exists for. The false alarm must not look different from a real one, or turn 2
   learns to read the answer off turn 1's text instead of the clip (and then confirms every alarm of the model's own
   turn 1, whose reasons look real): its label, reason and region are those of a real anomaly of another video of the
-  split, and its window length is drawn from the anomalous clips' window lengths (seeded).
+  split, and each anomalous clip's window length is given to one normal clip (on the next normal video, in a seeded
+  order, with a free window of that length), so both classes have the same window lengths.
 
 Chain of thought. From the manifest's ``cot`` when it was written for the same view: ``cot["turn1"]`` for a video
 sample, ``cot["turn2"]`` for a clip sample whose window is the one the CoT was written for
@@ -508,19 +509,22 @@ def stage2_samples(
             cl["abnormal"].append(_clip_sample(ann, n, w, clip_fps, cot, None, prompt_style))
             lengths.append(w[1] - w[0] + 1)
     real = [(a.label, a.reason, a.region) for ann, _ in kept if ann.is_abnormal for a in ann.anomalies]
-    for ann, n in kept if lengths else []:  # without anomalous clips the 1:1 balance keeps no normal one
-        if ann.is_abnormal:
-            continue
-        chosen: set[tuple[int, int]] = set()
-        for _ in range(10 * clips_per_video):  # distinct windows, as for anomalous videos
-            length = min(rng.choice(lengths), n)
-            start = rng.randrange(n - length + 1)
-            chosen.add((start, start + length - 1))
-            if len(chosen) == clips_per_video:
+    # one normal clip for each anomalous clip's length, on the next normal video with a free window of that length
+    normals = [(ann, n) for ann, n in kept if not ann.is_abnormal]
+    chosen_of: list[set[tuple[int, int]]] = [set() for _ in normals]
+    order = rng.sample(range(len(normals)), len(normals))
+    turn = 0
+    for length in rng.sample(lengths, len(lengths)):
+        for _ in order:
+            i = order[turn % len(order)]
+            turn += 1
+            n = normals[i][1]
+            free = [(s, s + length - 1) for s in range(n - length + 1) if (s, s + length - 1) not in chosen_of[i]]
+            if free and len(chosen_of[i]) < clips_per_video:
+                chosen_of[i].add(rng.choice(free))
                 break
+    for (ann, n), chosen in zip(normals, chosen_of, strict=True):
         cot_window = _cot_window(ann, n, clip_max_frames, clip_fps)
-        if cot_window is not None and cot_window not in chosen:  # the window the manifest's CoT describes comes first
-            chosen = {cot_window, *sorted(chosen)[: clips_per_video - 1]}
         turn2_cot = _cot(ann, "turn2")
         for w in sorted(chosen):
             cot = turn2_cot if w == cot_window or turn2_cot == "" else None

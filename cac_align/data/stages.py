@@ -515,7 +515,7 @@ def stage2_samples(
     order = rng.sample(range(len(normals)), len(normals))
     turn = 0
     for length in rng.sample(lengths, len(lengths)):
-        for _ in order:
+        for _ in range(len(order)):  # each normal video at most once
             i = order[turn % len(order)]
             turn += 1
             n = normals[i][1]

@@ -518,9 +518,11 @@ def stage2_samples(
         for _ in range(len(order)):  # each normal video at most once
             i = order[turn % len(order)]
             turn += 1
+            if len(chosen_of[i]) == clips_per_video:
+                continue
             n = normals[i][1]
             free = [(s, s + length - 1) for s in range(n - length + 1) if (s, s + length - 1) not in chosen_of[i]]
-            if free and len(chosen_of[i]) < clips_per_video:
+            if free:
                 chosen_of[i].add(rng.choice(free))
                 break
     for (ann, n), chosen in zip(normals, chosen_of, strict=True):

@@ -256,6 +256,11 @@ def test_an_empty_manifest_cot_fits_every_clip_window(world):
     assert len({s.window for s in samples if s.status == "abnormal"}) == 5
     assert all(parse_judgment(s.answers[1], turn=2).cot == "" for s in samples)
     assert all(s.cot_source == "manifest" for s in samples)
+    # turn 1 is context written as the model writes its own turn 1: without a chain of thought, in both classes
+    assert {s.status for s in samples} == {"abnormal", "normal"}
+    assert all(parse_judgment(s.answers[0], turn=1).cot == "" for s in samples)
+    with_cot, _ = stage2_samples([replace(ann, cot=None), replace(normal, cot=None)], seed=0, videos=False)
+    assert all("may show human distortion" in parse_judgment(s.answers[0], turn=1).cot for s in with_cot)
 
 
 def test_stage_samples_come_from_disjoint_videos(world):

@@ -39,7 +39,9 @@ sample, ``cot["turn2"]`` for a clip sample whose window is the one the CoT was w
 (``meta["cot_synthesis"]["turn2_window"]``, else the span of all anomaly windows / the middle ``clip_max_frames``
 frames as :func:`cac_align.data.cot_synthesis.turn2_window` chooses), ``cot["frame"]`` for a stage-1 frame. An empty
 ``cot["turn2"]`` (answers without a chain of thought) names no frames, so it fits every clip window. Otherwise a short
-templated CoT says what the frames show (the video's prompt) and which anomaly is where. Departure from the
+templated CoT says what the frames show (the video's prompt) and which anomaly is where. A clip sample's turn 1 is
+context written as the model will write its own turn 1: an empty ``cot["turn1"]`` gives it an empty CoT, otherwise
+the template says the window may show the anomaly. Departure from the
 paper: its stage-1 CoT is synthesised per frame; our synthesis pipeline writes video and clip CoT only, and a CoT that
 describes 16 frames would not fit a single frame, so stage-1 frames use the template unless ``cot["frame"]`` exists.
 
@@ -416,7 +418,10 @@ def _clip_sample(
         label, reason, region = alarm
         turn1_items = [PredAnomaly(label, window, {}, reason, region)]
         items = []
-    answer1 = format_judgment("abnormal", turn1_items, template_cot("alarm", ann, turn1_items), turn=1)
+    # turn 1 is context, written as the model writes its own turn 1: a model trained on answers without a chain of
+    # thought (an empty ``cot["turn1"]``) writes none there at inference, so the alarm carries none either
+    alarm_cot = "" if _cot(ann, "turn1") == "" else template_cot("alarm", ann, turn1_items)
+    answer1 = format_judgment("abnormal", turn1_items, alarm_cot, turn=1)
     answer2 = format_judgment(ann.status, items, cot if cot is not None else template_cot("clip", ann, items), turn=2)
     return SFTSample(
         kind="clip",

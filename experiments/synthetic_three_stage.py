@@ -16,11 +16,11 @@ the random model (read against "after stage 2"), "w/o multi-frame SFT" is stage 
 against "after stage 3"). The table goes to ``OUT/results.md`` and into this experiment's section of
 ``experiments/RESULTS.md`` (replaced on every run), the bar chart to ``experiments/results/synthetic_three_stage.png``::
 
-    python experiments/synthetic_three_stage.py --out runs/three_stage    # about 23 min on 2 CPU cores
+    python experiments/synthetic_three_stage.py --out runs/three_stage    # about 21 min on 2 CPU cores
     python experiments/synthetic_three_stage.py --out runs/quick --quick --results runs/quick/RESULTS.md \\
         --png runs/quick/chart.png                                      # the test's smoke run, about 1 min
 
-Measured: 23 min wall for the data, the stage and ablation runs and the seven evaluations on an otherwise idle
+Measured: 20 min wall for the data, the stage and ablation runs and the seven evaluations on an otherwise idle
 machine with 2 CPU cores (``experiments/RESULTS.md``). A rerun on the same ``--out``
 skips every stage and evaluation already finished and keeps their recorded times. Two queues of child processes run
 side by side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each
@@ -56,12 +56,14 @@ recipe's departures):
   8 fps), as the paper does, and in 2 s videos its turn 1 named the whole video, so turn 2 saw 16 frames and broke its
   box list (training 2 s clips instead left no valid box list at all; both runs in ``experiments/RESULTS.md``). The
   answers carry no chain of thought (the training manifest's ``cot`` is set to empty strings, so the stage builders
-  train ``"COT": ""`` targets): templated CoT text would be most of what a from-scratch model spends its few thousand
-  samples on.
+  train ``"COT": ""`` targets, and a clip's turn-1 context has none either, as the model's own turn 1): templated CoT
+  text would be most of what a from-scratch model spends its few thousand samples on.
 - Steps: 600 optimizer steps of stage 1 (batch 4, 2,400 samples of 2,684 frames), 1,800 of stage 2 (4 samples per
   step: 7,200 passes over 1,848 videos and 3,478 clips cut from them, each decoded once and kept in memory,
   ``data.cache``) and 250 of stage 3 (2 videos, G = 8, sampled at temperature 0.7: the preset says why), instead of
-  9,330 / 7,000 / 250 steps at 8 / 8 / 64 x 8 samples.
+  9,330 / 7,000 / 250 steps at 8 / 8 / 64 x 8 samples. Stage 2 is under-trained at 1,800 steps (twice the steps
+  write valid turn-2 box lists about four times as often), but the budget has no room for twice the steps in the
+  chain and in the ablation: ``experiments/RESULTS.md``.
 
 What it shows: ``experiments/RESULTS.md``, whose section this script writes, has the table, the training curves and
 a verdict per stage computed from them (:func:`verdicts`: with against without the stage on the held-out videos,

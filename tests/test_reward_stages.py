@@ -263,6 +263,19 @@ def test_an_empty_manifest_cot_fits_every_clip_window(world):
     assert all("may show human distortion" in parse_judgment(s.answers[0], turn=1).cot for s in with_cot)
 
 
+def test_whether_an_alarm_has_a_cot_does_not_tell_the_classes_apart(world):
+    # a false alarm takes its CoT-or-not from the anomalous video it copies, not from the normal video it is cut from
+    video = _video(world, normal=False)
+    span = AnomalySpan("Human Distortion", (2, 3), "an extra arm", "the person", bboxes={2: [(0, 0, 50, 50)]})
+    normal = _ann(_video(world, normal=True), [])
+    for anomalous_cot, normal_cot in (("", "the clip looks fine"), ("an extra arm at Frame 2-3", "")):
+        ann = _ann(video, [span], cot={"turn1": anomalous_cot, "turn2": "", "frame": ""})
+        other = replace(normal, cot={"turn1": normal_cot, "turn2": "", "frame": ""})
+        samples, _ = stage2_samples([ann, other], seed=0, videos=False, clips_per_video=3)
+        bare = {(s.status, parse_judgment(s.answers[0], turn=1).cot == "") for s in samples}
+        assert bare == {("abnormal", anomalous_cot == ""), ("normal", anomalous_cot == "")}
+
+
 def test_stage_samples_come_from_disjoint_videos(world):
     s1, _ = stage1_samples(load_stage_manifest(world / "splits" / "stage1.jsonl"))
     s2, _ = stage2_samples(load_stage_manifest(world / "splits" / "stage2.jsonl"))

@@ -41,9 +41,10 @@ frames as :func:`cac_align.data.cot_synthesis.turn2_window` chooses), ``cot["fra
 ``cot["turn2"]`` (answers without a chain of thought) names no frames, so it fits every clip window. Otherwise a short
 templated CoT says what the frames show (the video's prompt) and which anomaly is where. A clip sample's turn 1 is
 context written as the model will write its own turn 1: an empty ``cot["turn1"]`` gives it an empty CoT, otherwise
-the template says the window may show the anomaly. Departure from the
-paper: its stage-1 CoT is synthesised per frame; our synthesis pipeline writes video and clip CoT only, and a CoT that
-describes 16 frames would not fit a single frame, so stage-1 frames use the template unless ``cot["frame"]`` exists.
+the template says the window may show the anomaly (a false alarm follows the anomalous video it copies). Departure
+from the paper: its stage-1 CoT is synthesised per frame; our synthesis pipeline writes video and clip CoT only, and a
+CoT that describes 16 frames would not fit a single frame, so stage-1 frames use the template unless ``cot["frame"]``
+exists.
 
 Batches. :class:`SFTDataset` decodes a sample's frames (:func:`cac_align.video.load_video` / ``crop_clip``) and encodes
 the conversation with :func:`cac_align.reward.chat.encode_conversation`; :class:`SFTCollator` pads with
@@ -395,7 +396,7 @@ def _clip_sample(
     window: tuple[int, int],
     clip_fps: float,
     cot: str | None,
-    alarm: tuple[str, str, str] | None,
+    alarm: tuple[str, str, str, bool] | None,
     style: str,
 ) -> SFTSample:
     s, e = window
@@ -413,14 +414,16 @@ def _clip_sample(
             )
             for a in spans
         ]
+        bare = _cot(ann, "turn1") == ""
     else:
         assert alarm is not None
-        label, reason, region = alarm
+        label, reason, region, bare = alarm
         turn1_items = [PredAnomaly(label, window, {}, reason, region)]
         items = []
     # turn 1 is context, written as the model writes its own turn 1: a model trained on answers without a chain of
-    # thought (an empty ``cot["turn1"]``) writes none there at inference, so the alarm carries none either
-    alarm_cot = "" if _cot(ann, "turn1") == "" else template_cot("alarm", ann, turn1_items)
+    # thought (an empty ``cot["turn1"]``) writes none there at inference, so the alarm carries none either; a false
+    # alarm takes that from the anomalous video it copies, so a CoT's presence cannot tell the classes apart
+    alarm_cot = "" if bare else template_cot("alarm", ann, turn1_items)
     answer1 = format_judgment("abnormal", turn1_items, alarm_cot, turn=1)
     answer2 = format_judgment(ann.status, items, cot if cot is not None else template_cot("clip", ann, items), turn=2)
     return SFTSample(
@@ -513,7 +516,12 @@ def stage2_samples(
             cot = turn2_cot if w == cot_window or turn2_cot == "" else None
             cl["abnormal"].append(_clip_sample(ann, n, w, clip_fps, cot, None, prompt_style))
             lengths.append(w[1] - w[0] + 1)
-    real = [(a.label, a.reason, a.region) for ann, _ in kept if ann.is_abnormal for a in ann.anomalies]
+    real = [
+        (a.label, a.reason, a.region, _cot(ann, "turn1") == "")
+        for ann, _ in kept
+        if ann.is_abnormal
+        for a in ann.anomalies
+    ]
     # one normal clip for each anomalous clip's length, on the next normal video with a free window of that length
     normals = [(ann, n) for ann, n in kept if not ann.is_abnormal]
     chosen_of: list[set[tuple[int, int]]] = [set() for _ in normals]

@@ -637,7 +637,9 @@ def diagnosis(rows: list[dict], curves: dict, info: dict) -> str:
         "gates stage 3.* Under Eq. 2-6 an anomalous video answered `abnormal` whose turn-2 box list breaks its JSON "
         "scores -2.5 (format -0.5, status -2), below answering `normal` (-2), so GRPO rewards seeing an anomaly only "
         "once turn-2 answers are valid often enough; turn-2 answers (a box per clip frame) are this model's hardest "
-        "output, and it writes no more boxes than stage 2's clips had frames (hence 1 s videos). In stage 3 its "
+        "output, and it writes no more boxes than stage 2's clips had frames (hence 1 s videos). Valid box lists are "
+        "not enough either: from a stage 2 of twice the steps, whose box lists are valid, stage 3 still lowered the "
+        "accuracy (the first subsection below). In stage 3 its "
         f"rollouts' valid turn-2 answers go {_f(t2[0])} -> {_f(t2[1])} and their status accuracy on anomalous videos "
         f"{_f(ab[0])} -> {_f(ab[1])} (first and last fifth of the run): "
         + (

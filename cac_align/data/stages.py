@@ -390,6 +390,18 @@ def _cot_window(ann: Annotation, n: int, max_frames: int, clip_fps: float) -> tu
         return None
 
 
+def _clip_cot(ann: Annotation, window: tuple[int, int], cot_window: tuple[int, int] | None) -> str | None:
+    """The manifest's turn-2 CoT for the clip ``window`` (module doc): when it was written for that window or is empty
+    (it then fits every window); None otherwise, for the template."""
+    cot = _cot(ann, "turn2")
+    return cot if window == cot_window or cot == "" else None
+
+
+def _writes_no_cot(ann: Annotation) -> bool:
+    """Whether the model is trained to write an empty turn-1 CoT for this video (an empty ``cot["turn1"]``)."""
+    return _cot(ann, "turn1") == ""
+
+
 def _clip_sample(
     ann: Annotation,
     n: int,
@@ -414,7 +426,7 @@ def _clip_sample(
             )
             for a in spans
         ]
-        bare = _cot(ann, "turn1") == ""
+        bare = _writes_no_cot(ann)
     else:
         assert alarm is not None
         label, reason, region, bare = alarm
@@ -511,16 +523,11 @@ def stage2_samples(
         chosen = rng.sample(windows, min(clips_per_video, len(windows)))
         if cot_window in windows:  # the window the manifest's turn-2 CoT describes comes first
             chosen = [cot_window] + [w for w in chosen if w != cot_window][: clips_per_video - 1]
-        turn2_cot = _cot(ann, "turn2")
         for w in sorted(chosen):
-            cot = turn2_cot if w == cot_window or turn2_cot == "" else None
-            cl["abnormal"].append(_clip_sample(ann, n, w, clip_fps, cot, None, prompt_style))
+            cl["abnormal"].append(_clip_sample(ann, n, w, clip_fps, _clip_cot(ann, w, cot_window), None, prompt_style))
             lengths.append(w[1] - w[0] + 1)
     real = [
-        (a.label, a.reason, a.region, _cot(ann, "turn1") == "")
-        for ann, _ in kept
-        if ann.is_abnormal
-        for a in ann.anomalies
+        (a.label, a.reason, a.region, _writes_no_cot(ann)) for ann, _ in kept if ann.is_abnormal for a in ann.anomalies
     ]
     # one normal clip for each anomalous clip's length, on the next normal video with a free window of that length
     normals = [(ann, n) for ann, n in kept if not ann.is_abnormal]
@@ -540,9 +547,8 @@ def stage2_samples(
                 break
     for (ann, n), chosen in zip(normals, chosen_of, strict=True):
         cot_window = _cot_window(ann, n, clip_max_frames, clip_fps)
-        turn2_cot = _cot(ann, "turn2")
         for w in sorted(chosen):
-            cot = turn2_cot if w == cot_window or turn2_cot == "" else None
+            cot = _clip_cot(ann, w, cot_window)
             cl["normal"].append(_clip_sample(ann, n, w, clip_fps, cot, rng.choice(real), prompt_style))
     vids["abnormal"], vids["normal"] = _balance(vids["abnormal"], vids["normal"], rng)
     cl["abnormal"], cl["normal"] = _balance(cl["abnormal"], cl["normal"], rng)

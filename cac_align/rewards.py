@@ -146,6 +146,7 @@ def rollout_reward(
     annotation: Annotation,
     weights: Sequence[float] = PAPER_WEIGHTS,
     status_check: Literal["valid", "read"] = "valid",
+    normal_check: Literal["turn1", "final"] = "turn1",
 ) -> RewardBreakdown:
     """The reward R(y) of one two-turn rollout (Eq. 2-6), against the GT ``annotation``.
 
@@ -163,6 +164,11 @@ def rollout_reward(
       (or missing) turn fails the check whatever status it may contain; ``"read"`` reads it as
       :class:`~cac_align.reward.cac.CaCReward` does at inference, also from an invalid answer
       (:func:`parse_judgment` still finds its status), leaving invalidity to the format term alone.
+      ``normal_check`` picks which turn a GT-normal video is judged on: ``"turn1"`` (default, the reading above:
+      turn 1 must say ``normal``) or ``"final"``, the final answer as :class:`~cac_align.reward.cac.CaCReward`
+      decides at inference, so a turn 2 that says ``normal`` after an ``abnormal`` turn 1 (a rejected false alarm)
+      also passes. Sec. 3.3 says a correct prediction "can directly pass the status check in the first turn" and a
+      false one is penalized, without saying whether a false alarm that turn 2 rejects is a false prediction.
     * **IoU terms.** When the status check fails, the raw R_type, R_temp and R_spa are 0 before the saliency
       transform (so each still contributes ``1 - gamma_bar``); for GT-normal videos the mask m = 0 removes them.
       R_type is Eq. 3, the mean over both turns of :func:`type_iou` with the GT types. R_temp is Eq. 4 between the
@@ -178,6 +184,7 @@ def rollout_reward(
         annotation: the ground truth of the video.
         weights: (w1, ..., w5) of Eq. 6; the paper's (1, 2, 2, 2, 5) by default.
         status_check: ``"valid"`` or ``"read"``, see Status above.
+        normal_check: ``"turn1"`` or ``"final"``, see Status above.
 
     Returns:
         A :class:`RewardBreakdown` whose ``total`` is R(y).
@@ -186,6 +193,8 @@ def rollout_reward(
         raise ValueError(f"weights: expected 5 values (w1..w5 of Eq. 6), got {len(weights)}")
     if status_check not in ("valid", "read"):
         raise ValueError(f"status_check: expected 'valid' or 'read', got {status_check!r}")
+    if normal_check not in ("turn1", "final"):
+        raise ValueError(f"normal_check: expected 'turn1' or 'final', got {normal_check!r}")
     w1, w2, w3, w4, w5 = (float(w) for w in weights)
     j1 = turn1 if isinstance(turn1, Judgment) else parse_judgment(turn1, turn=1)
 
@@ -208,6 +217,8 @@ def rollout_reward(
 
     if annotation.is_abnormal:  # reaching turn 2 already needs a valid abnormal turn 1 (not ended)
         ok = not ended and says(j1, "abnormal") and says(j2, "abnormal")
+    elif normal_check == "final" and not ended:  # an abnormal turn 1: turn 2's answer is the final one
+        ok = says(j2, "normal")
     else:
         ok = says(j1, "normal")
     r_stat = 0.0 if ok else -1.0

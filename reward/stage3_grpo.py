@@ -66,6 +66,14 @@ Where the paper is silent or this departs from it:
   answer, and leaves invalidity to the format reward (measured in ``experiments/RESULTS.md``: it keeps the
   anomalous recall the default loses there but does not raise the status accuracy, and GRPO may then stop writing
   valid box lists, which now cost only the format term).
+- ``grpo.normal_check`` (default ``"turn1"``): Sec. 3.3 lets a normal video "directly pass the status check in the
+  first turn" and penalizes a false prediction, without saying whether a false alarm that turn 2 rejects is one. The
+  default fails it whatever turn 2 says; ``"final"`` judges it on the final answer, as ``CaCReward`` decides at
+  inference, so turn 2 earns its rejection.
+- ``grpo.length_norm`` (default null: Eq. 10's ``1/|y_i|``) divides each rollout's token sum by a constant number of
+  tokens instead (Dr. GRPO's normaliser). Under ``1/|y_i|`` the status token of a short ``normal`` answer (about 20
+  tokens here) weighs several times that of an ``abnormal`` answer with its turn 2 (about 150), so the groups'
+  positive advantages on short ``normal`` answers move the turn-1 status most.
 """
 
 import math
@@ -159,6 +167,12 @@ class GRPOSection:
     # check) or "read" (the status as CaCReward reads it at inference, also from an invalid answer; invalidity is
     # then left to the format reward).
     status_check: Literal["valid", "read"] = "valid"
+    # Token normaliser of each rollout's loss: null (Eq. 10's 1/|y_i|) or a constant number of tokens L (Dr. GRPO:
+    # each rollout's token sum / L, so a short answer's tokens weigh no more than a long one's).
+    length_norm: int | None = None
+    # Which turn a GT-normal video is judged on (cac_align.rewards.rollout_reward): "turn1" (turn 1 must say normal)
+    # or "final" (the final answer, as CaCReward decides: a false alarm that turn 2 rejects also passes).
+    normal_check: Literal["turn1", "final"] = "turn1"
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6
     # Most sequences per generate call on each process (null: all rollouts of a turn at once).
@@ -311,6 +325,8 @@ def main(argv: list[str] | None = None) -> Path | None:
             raise SystemExit(f"stage3: {name} must be >= 1, got {value}")
     if not g.status_weight > 0:
         raise SystemExit(f"stage3: grpo.status_weight must be > 0, got {g.status_weight}")
+    if g.length_norm is not None and g.length_norm < 1:
+        raise SystemExit(f"stage3: grpo.length_norm must be a number of tokens >= 1 or null, got {g.length_norm}")
     if g.group_size < 2:
         print("stage3: warning: grpo.group_size=1 gives every rollout advantage 0 (nothing to learn)")
 
@@ -425,7 +441,14 @@ def main(argv: list[str] | None = None) -> Path | None:
         # 2. rewards (Eq. 2-6) and group-normalised advantages (Eq. 8); a group is one video on this process
         with timer("reward"):
             scores = [
-                rollout_reward(r.judgment1, r.judgment2, anns[r.group], weights, status_check=g.status_check)
+                rollout_reward(
+                    r.judgment1,
+                    r.judgment2,
+                    anns[r.group],
+                    weights,
+                    status_check=g.status_check,
+                    normal_check=g.normal_check,
+                )
                 for r in rollouts
             ]
             rewards = torch.tensor([s.total for s in scores], dtype=torch.float64)
@@ -499,6 +522,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                             beta=g.beta,
                             clip_eps=g.clip_eps,
                             weights=token_weights,
+                            length_norm=g.length_norm,
                         )
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and t.max_grad_norm is not None:

@@ -164,6 +164,29 @@ def test_status_weights_turn_each_rollout_mean_into_a_weighted_mean():
         clipped_surrogate(logp, old, adv, mask, weights=torch.ones(2, 4))
 
 
+def test_a_constant_length_norm_weighs_every_token_the_same():
+    torch.manual_seed(1)
+    logp = (-torch.rand(3, 6, dtype=torch.float64)).requires_grad_()
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    # on-policy each token's r A is A_i: rollout sums 6 * 0.5, 2 * -2, 3 * 1, each over L = 10, then over B = 3
+    loss, _ = clipped_surrogate(logp, logp.detach(), adv, mask, length_norm=10)
+    assert loss.item() == pytest.approx(-(3.0 - 4.0 + 3.0) / (10 * 3))
+    loss.backward()
+    # d(-J)/d logp_it = -A_i / (B L) on the mask, the same for a token of the 2-token rollout as of the 6-token one
+    assert torch.allclose(logp.grad, torch.where(mask, -adv[:, None] / (3 * 10), 0.0))
+    # the KL and the total take the same normaliser: a KL sum of row0 + row1 log-ratios over L = 8
+    lp, _, m = _two_rollouts([[0.0] * 5, [0.0] * 5], MASK)
+    ref = torch.where(m, lp.detach() + _ln(2), math.nan)  # rho = 2 on every generated token
+    kl = kl_k3(lp, ref, m, length_norm=8)
+    assert kl.item() == pytest.approx((4 + 3) * (2 - _ln(2) - 1) / (8 * 2), abs=1e-12)
+    total, _ = grpo_loss(lp, lp.detach(), torch.tensor([1.0, -1.0]), m, ref_logp=ref, beta=0.5, length_norm=8)
+    surrogate = -(4 * 1.0 + 3 * -1.0) / (8 * 2)
+    assert total.item() == pytest.approx(surrogate + 0.5 * kl.item(), abs=1e-12)
+    with pytest.raises(ValueError, match="length_norm"):
+        clipped_surrogate(logp, logp.detach(), adv, mask, length_norm=0)
+
+
 # --------------------------------------------------------------------------------------------- Eq. 11 k3 KL
 def test_kl_k3_by_hand_and_gradient():
     # log rho = ref - logp on generated tokens: rollout 0: ln 2, 0, ln 0.5, 0; rollout 1: ln 3, 0, 0

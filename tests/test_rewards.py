@@ -344,6 +344,41 @@ def test_status_check_must_be_known():
         rollout_reward(turn1("normal"), None, annotation(), status_check="lenient")
 
 
+# normal_check="final": a GT-normal video is judged on its final answer, as CaCReward decides at inference
+
+
+def test_final_normal_check_passes_a_false_alarm_that_turn2_rejects():
+    alarm = turn1("abnormal", (OD, (0, 3)))
+    # the paper's first-turn reading: the alarm fails whatever turn 2 says (status -1 at w2 = 2)
+    assert rollout_reward(alarm, turn2("normal"), annotation()).total == pytest.approx(2 * -1)
+    r = rollout_reward(alarm, turn2("normal"), annotation(), normal_check="final")
+    assert r.status_correct and (r.format, r.status, r.total) == (0.0, 0.0, 0.0)
+    # a turn 2 that confirms the alarm, or breaks its JSON, or is missing still fails
+    for second, fmt in (
+        (turn2("abnormal", (OD, {1: [BOX]})), 0.0),
+        (turn2("normal", valid=False), -0.5),
+        (None, -0.5),
+    ):
+        r = rollout_reward(alarm, second, annotation(), normal_check="final")
+        assert not r.status_correct and r.total == pytest.approx(1 * fmt + 2 * -1)
+    # ... unless the status is read from invalid answers too: then the broken "normal" passes, costing the format term
+    r = rollout_reward(alarm, turn2("normal", valid=False), annotation(), normal_check="final", status_check="read")
+    assert r.status_correct and r.total == pytest.approx(1 * -0.5)
+
+
+def test_final_normal_check_leaves_the_rest_unchanged():
+    for gt, t1, t2 in [
+        (annotation(), turn1("normal"), None),
+        (annotation(), INVALID, None),
+        (annotation(GT_OD), turn1("abnormal", (OD, (4, 7))), turn2("normal")),
+        (annotation(GT_OD), PARTIAL_T1, PARTIAL_T2),
+        (annotation(GT_OD), turn1("normal"), None),
+    ]:
+        assert rollout_reward(t1, t2, gt, normal_check="final") == rollout_reward(t1, t2, gt)
+    with pytest.raises(ValueError, match="normal_check"):
+        rollout_reward(turn1("normal"), None, annotation(), normal_check="turn2")
+
+
 def test_anomalous_turn1_says_normal_ends_rollout():
     perfect_t2 = turn2("abnormal", (OD, {2: [BOX], 4: [BOX]}))
     r = rollout_reward(turn1("normal"), perfect_t2, annotation(GT_OD))

@@ -349,6 +349,8 @@ def test_recipe_with_lora_uses_the_adapter_free_model_as_reference(world, tmp_pa
         "train.weight_decay=0",
         "grpo.status_weight=3",  # the weighted surrogate's path (the status token weighs 3)
         "grpo.status_check=read",
+        "grpo.normal_check=final",
+        "grpo.length_norm=64",
     )
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["grpo/kl"] < 1e-6  # B = 0 at the start: the LoRA-disabled model is the policy itself
@@ -367,6 +369,10 @@ def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_weight=0"))
     with pytest.raises(ConfigError, match="grpo.status_check: expected one of 'valid', 'read'"):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_check=lenient"))
+    with pytest.raises(SystemExit, match="length_norm"):
+        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.length_norm=0"))
+    with pytest.raises(ConfigError, match="grpo.normal_check: expected one of 'turn1', 'final'"):
+        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.normal_check=turn2"))
 
 
 def _two_ranks(rank: int, world_size: int, manifest: str, init: str, out: str) -> dict:

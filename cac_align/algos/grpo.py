@@ -108,14 +108,20 @@ def _check(logp: torch.Tensor, other: torch.Tensor, mask: torch.Tensor, name: st
     return mask.bool()
 
 
-def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def _sequence_mean(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    length_norm: float | None = None,
+) -> torch.Tensor:
     """``1/B sum_i 1/|y_i| sum_t x_it`` over masked tokens (Eq. 9 and 11). A row with no token contributes 0.
-    With ``weights``, each row's mean is weighted: ``sum_t w_it x_it / sum_t w_it``."""
-    if weights is None:
-        lengths = mask.sum(dim=1).clamp_min(1)
-        return (torch.where(mask, per_token, 0.0).sum(dim=1) / lengths).mean()
-    w = torch.where(mask, weights.to(per_token), 0.0)
-    return ((w * torch.where(mask, per_token, 0.0)).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)).mean()
+    With ``weights``, each row's mean is weighted: ``sum_t w_it x_it / sum_t w_it``. With ``length_norm`` = L, each
+    row's (weighted) sum is divided by the constant L instead of its own length."""
+    w = mask.to(per_token.dtype) if weights is None else torch.where(mask, weights.to(per_token), 0.0)
+    total = (w * torch.where(mask, per_token, 0.0)).sum(dim=1)
+    if length_norm is not None:
+        return (total / length_norm).mean()
+    return (total / w.sum(dim=1).clamp_min(1e-12 if weights is not None else 1.0)).mean()
 
 
 def clipped_surrogate(
@@ -126,6 +132,7 @@ def clipped_surrogate(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     weights: torch.Tensor | None = None,
+    length_norm: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate loss ``-J_clip``, Eq. 9-10, token level with per-sequence length normalisation.
 
@@ -143,6 +150,9 @@ def clipped_surrogate(
         weights: ``[B, T]`` positive token weights, or None (the paper: every generated token weighs 1). Each
             rollout's ``1/|y_i| sum_t`` becomes ``sum_t w_it (.) / sum_t w_it`` (a departure: see
             :func:`cac_align.reward.sft.status_weights`).
+        length_norm: None (the paper: each rollout's ``1/|y_i|``), or a constant ``L`` that divides every rollout's
+            token sum instead (Dr. GRPO's normaliser, a departure): each token then weighs the same whatever its
+            rollout's length, where ``1/|y_i|`` weighs the tokens of a short answer more.
 
     Returns:
         ``(loss, stats)``; ``stats`` holds detached scalars over generated tokens: ``clip_frac`` (tokens whose
@@ -157,12 +167,14 @@ def clipped_surrogate(
         raise ValueError(f"clip ranges must be >= 0, got clip_eps={clip_eps}, clip_eps_high={clip_eps_high}")
     if weights is not None and (weights.shape != logp.shape or bool((weights[m] <= 0).any())):
         raise ValueError(f"weights: expected positive values of shape {tuple(logp.shape)}, got {tuple(weights.shape)}")
+    if length_norm is not None and not length_norm > 0:
+        raise ValueError(f"length_norm: expected a positive number of tokens or None, got {length_norm}")
     log_ratio = torch.where(m, logp - old_logp.detach(), 0.0)  # masked garbage never reaches exp()
     ratio = torch.exp(log_ratio)
     a = advantages.detach().to(ratio.dtype)[:, None]
     unclipped = ratio * a
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * a
-    loss = -_sequence_mean(torch.minimum(unclipped, clipped), m, weights)
+    loss = -_sequence_mean(torch.minimum(unclipped, clipped), m, weights, length_norm)
 
     with torch.no_grad():
         n = m.sum().clamp_min(1)
@@ -180,7 +192,9 @@ def clipped_surrogate(
     return loss, stats
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_k3(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, length_norm: float | None = None
+) -> torch.Tensor:
     """KL penalty ``D_KL(pi_theta || pi_ref)``, Eq. 11, with the k3 estimator per generated token.
 
     ``rho = pi_ref / pi_theta = exp(ref_logp - logp)``; per token ``rho - log(rho) - 1`` (>= 0, unbiased for the
@@ -190,13 +204,14 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
         logp: ``[B, T]`` current-policy log-probs (with grad).
         ref_logp: ``[B, T]`` reference-policy log-probs (no grad is taken through it).
         mask: ``[B, T]`` 1/True on generated tokens.
+        length_norm: As in :func:`clipped_surrogate`: None averages per rollout, ``L`` divides its sum by L.
 
     Returns:
         A scalar tensor.
     """
     m = _check(logp, ref_logp, mask, "ref_logp")
     log_rho = torch.where(m, ref_logp.detach() - logp, 0.0)
-    return _sequence_mean(torch.exp(log_rho) - log_rho - 1.0, m)
+    return _sequence_mean(torch.exp(log_rho) - log_rho - 1.0, m, length_norm=length_norm)
 
 
 def grpo_loss(
@@ -210,12 +225,13 @@ def grpo_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     weights: torch.Tensor | None = None,
+    length_norm: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss ``-(J_clip - beta * D_KL)``, Eq. 12 (= Eq. 1), from Eq. 9-11.
 
     Args:
-        logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights: As in :func:`clipped_surrogate` (the
-            weights act on the surrogate only; the KL of Eq. 11 stays a plain per-rollout mean).
+        logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights, length_norm: As in
+            :func:`clipped_surrogate` (the weights act on the surrogate only; ``length_norm`` on both terms).
         ref_logp: ``[B, T]`` reference-policy log-probs; needed when ``beta > 0``, optional (KL logged) otherwise.
         beta: KL coefficient.
 
@@ -227,11 +243,13 @@ def grpo_loss(
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logp (reference-policy log-probs)")
-    policy_loss, stats = clipped_surrogate(logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights)
+    policy_loss, stats = clipped_surrogate(
+        logp, old_logp, advantages, mask, clip_eps, clip_eps_high, weights, length_norm
+    )
     loss = policy_loss
     stats["policy_loss"] = policy_loss.detach()
     if ref_logp is not None:
-        kl = kl_k3(logp, ref_logp, mask)
+        kl = kl_k3(logp, ref_logp, mask, length_norm)
         stats["kl"] = kl.detach()
         if beta > 0:
             loss = loss + beta * kl

@@ -16,14 +16,14 @@ the random model (read against "after stage 2"), "w/o multi-frame SFT" is stage 
 against "after stage 3"). The table goes to ``OUT/results.md`` and into this experiment's section of
 ``experiments/RESULTS.md`` (replaced on every run), the bar chart to ``experiments/results/synthetic_three_stage.png``::
 
-    python experiments/synthetic_three_stage.py --out runs/three_stage    # about 21 min on 2 CPU cores
+    python experiments/synthetic_three_stage.py --out runs/three_stage    # 20-30 min on 2 CPU cores
     python experiments/synthetic_three_stage.py --out runs/quick --quick --results runs/quick/RESULTS.md \\
         --png runs/quick/chart.png                                      # the test's smoke run, about 1 min
 
-Measured: 20 min wall for the data, the stage and ablation runs and the seven evaluations on an otherwise idle
-machine with 2 CPU cores (``experiments/RESULTS.md``). A rerun on the same ``--out``
-skips every stage and evaluation already finished and keeps their recorded times. Two queues of child processes run
-side by side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each
+Measured: 20.4 and 28.6 min wall (the same stages 1-2, on a machine that ran 38% slower the second time) for the
+data, the stage and ablation runs and the seven evaluations on an otherwise idle machine with 2 CPU cores
+(``experiments/RESULTS.md``). A rerun on the same ``--out`` skips every stage and evaluation already finished and
+keeps their recorded times. Two queues of child processes run side by side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each
 checkpoint once it exists and trains the ablations in between.
 
 How it departs from the paper's scale (the stage presets ``experiments/configs/three_stage/*.yaml`` list each

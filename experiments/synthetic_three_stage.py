@@ -23,8 +23,9 @@ against "after stage 3"). The table goes to ``OUT/results.md`` and into this exp
 Measured: 20.4 and 28.6 min wall (the same stages 1-2, on a machine that ran 38% slower the second time) for the
 data, the stage and ablation runs and the seven evaluations on an otherwise idle machine with 2 CPU cores
 (``experiments/RESULTS.md``). A rerun on the same ``--out`` skips every stage and evaluation already finished and
-keeps their recorded times. Two queues of child processes run side by side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each
-checkpoint once it exists and trains the ablations in between.
+keeps their recorded times. Two queues of child processes run side by side, on one thread each: one trains the
+chain (and evaluates the final model), the other evaluates each checkpoint once it exists and trains the ablations in
+between.
 
 How it departs from the paper's scale (the stage presets ``experiments/configs/three_stage/*.yaml`` list each
 recipe's departures):
@@ -643,7 +644,8 @@ def diagnosis(rows: list[dict], curves: dict, info: dict) -> str:
         "accuracy (the second subsection below). The preset also judges a normal video on its final answer "
         "(`grpo.normal_check=final`) and divides each rollout's loss by a constant 640 tokens, not by its length "
         "(`grpo.length_norm`): under Eq. 10's 1/|y_i| the status token of a `normal` answer (about 20 tokens) "
-        "weighed 5 to 8 times that of an `abnormal` answer with its turn 2 (100 to 180), and on 960 validation videos the two changes took "
+        "weighed 5 to 8 times that of an `abnormal` answer with its turn 2 (100 to 180), and on 960 validation "
+        "videos the two changes took "
         "stage 3 from -0.064 to -0.009 and -0.024 against its stage 2 (two seeds; the first subsection below). "
         "In stage 3 its "
         f"rollouts' valid turn-2 answers go {_f(t2[0])} -> {_f(t2[1])} and their status accuracy on anomalous videos "

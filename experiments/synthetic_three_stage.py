@@ -645,9 +645,8 @@ def diagnosis(rows: list[dict], curves: dict, info: dict) -> str:
         "(`grpo.normal_check=final`) and divides each rollout's loss by a constant 640 tokens, not by its length "
         "(`grpo.length_norm`): under Eq. 10's 1/|y_i| the status token of a `normal` answer (about 20 tokens) "
         "weighed 5 to 8 times that of an `abnormal` answer with its turn 2 (100 to 180), and on 960 validation "
-        "videos the two changes took "
-        "stage 3 from -0.064 to -0.009 and -0.024 against its stage 2 (two seeds; the first subsection below). "
-        "In stage 3 its "
+        "videos the two changes took stage 3 from -0.064 to -0.009 and -0.024 against its stage 2 (two seeds; the "
+        "first subsection below). In stage 3 its "
         f"rollouts' valid turn-2 answers go {_f(t2[0])} -> {_f(t2[1])} and their status accuracy on anomalous videos "
         f"{_f(ab[0])} -> {_f(ab[1])} (first and last fifth of the run): "
         + (

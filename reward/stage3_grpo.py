@@ -72,7 +72,7 @@ Where the paper is silent or this departs from it:
   inference, so turn 2 earns its rejection.
 - ``grpo.length_norm`` (default null: Eq. 10's ``1/|y_i|``) divides each rollout's token sum by a constant number of
   tokens instead (Dr. GRPO's normaliser). Under ``1/|y_i|`` the status token of a short ``normal`` answer (about 20
-  tokens here) weighs several times that of an ``abnormal`` answer with its turn 2 (about 150), so the groups'
+  tokens here) weighs several times that of an ``abnormal`` answer with its turn 2 (100 to 180), so the groups'
   positive advantages on short ``normal`` answers move the turn-1 status most. The synthetic experiment uses
   ``length_norm=640`` with ``normal_check=final``: from -0.064 to -0.009 against stage 2 on its validation videos
   (``experiments/RESULTS.md``). With ``normal_check=final`` the logged rollout status accuracy counts a rejected

@@ -121,7 +121,7 @@ def _sequence_mean(
     total = (w * torch.where(mask, per_token, 0.0)).sum(dim=1)
     if length_norm is not None:
         return (total / length_norm).mean()
-    return (total / w.sum(dim=1).clamp_min(1e-12 if weights is not None else 1.0)).mean()
+    return (total / w.sum(dim=1).clamp_min(1e-12)).mean()  # a row without tokens has total 0 and gives 0
 
 
 def clipped_surrogate(

@@ -73,10 +73,14 @@ Where the paper is silent or this departs from it:
 - ``grpo.length_norm`` (default null: Eq. 10's ``1/|y_i|``) divides each rollout's token sum by a constant number of
   tokens instead (Dr. GRPO's normaliser). Under ``1/|y_i|`` the status token of a short ``normal`` answer (about 20
   tokens here) weighs several times that of an ``abnormal`` answer with its turn 2 (100 to 180), so the groups'
-  positive advantages on short ``normal`` answers move the turn-1 status most. The synthetic experiment uses
-  ``length_norm=640`` with ``normal_check=final``: from -0.064 to -0.009 against stage 2 on its validation videos
-  (``experiments/RESULTS.md``). With ``normal_check=final`` the logged rollout status accuracy counts a rejected
-  false alarm as correct, as the reward does.
+  positive advantages on short ``normal`` answers move the turn-1 status most.
+- ``grpo.adv_scale`` (default ``"group"``: Eq. 8 as written) set to ``"none"`` only centres each group's rewards, Dr.
+  GRPO's other change. Eq. 8's std makes a nearly uniform group's rare rollout weigh most: the one false alarm in a
+  normal video's group of 8 gets an advantage of about -2.6, an anomalous video's group split 4:4 gets +-1.
+- The synthetic experiment uses ``length_norm=640``, ``adv_scale=none`` and ``normal_check=final``: against stage 2
+  on its validation videos stage 3 went from -0.064 (none of them) to -0.009 and -0.024 (without ``adv_scale``) and
+  to +0.019, +0.006 and +0.018 (all three; ``experiments/RESULTS.md``). With ``normal_check=final`` the logged
+  rollout status accuracy counts a rejected false alarm as correct, as the reward does.
 """
 
 import math
@@ -176,6 +180,10 @@ class GRPOSection:
     # Which turn a GT-normal video is judged on (cac_align.rewards.rollout_reward): "turn1" (turn 1 must say normal)
     # or "final" (the final answer, as CaCReward decides: a false alarm that turn 2 rejects also passes).
     normal_check: Literal["turn1", "final"] = "turn1"
+    # Advantage scale of Eq. 8: "group" divides by each group's reward std (the paper); "none" only subtracts the
+    # group mean (Dr. GRPO: a nearly uniform group, e.g. a normal video with one false alarm, then does not turn its
+    # rare rollout into an advantage of several units).
+    adv_scale: Literal["group", "none"] = "group"
     # epsilon_A of Eq. 8.
     adv_eps: float = 1e-6
     # Most sequences per generate call on each process (null: all rollouts of a turn at once).
@@ -455,7 +463,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 for r in rollouts
             ]
             rewards = torch.tensor([s.total for s in scores], dtype=torch.float64)
-            advantages = group_advantages(rewards, g.group_size, eps=g.adv_eps)
+            advantages = group_advantages(rewards, g.group_size, eps=g.adv_eps, scale=g.adv_scale)
         values: dict[str, list[float]] = {k: [] for k in ROLLOUT_KEYS}
         for r, s in zip(rollouts, scores, strict=True):
             abnormal = anns[r.group].is_abnormal

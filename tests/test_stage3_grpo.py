@@ -351,6 +351,7 @@ def test_recipe_with_lora_uses_the_adapter_free_model_as_reference(world, tmp_pa
         "grpo.status_check=read",
         "grpo.normal_check=final",
         "grpo.length_norm=64",
+        "grpo.adv_scale=none",
     )
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert record["grpo/kl"] < 1e-6  # B = 0 at the start: the LoRA-disabled model is the policy itself
@@ -359,6 +360,22 @@ def test_recipe_with_lora_uses_the_adapter_free_model_as_reference(world, tmp_pa
     assert (out / "adapter" / "adapter_config.json").is_file()
     reward = CaCReward.from_pretrained(final, max_new_tokens=2)
     assert not any("lora_" in k for k in reward.model.state_dict())  # merged into the weights
+
+
+def test_recipe_passes_adv_scale_to_the_advantages(world, tmp_path, monkeypatch):
+    import cac_align.algos.grpo as grpo
+
+    manifest, init = world
+    real, scales = grpo.group_advantages, []
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs.get("scale"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpo, "group_advantages", spy)  # the recipe imports it when it runs
+    _run(*_tiny_args(manifest, init, tmp_path / "default", "train.max_steps=1"))
+    _run(*_tiny_args(manifest, init, tmp_path / "none", "train.max_steps=1", "grpo.adv_scale=none"))
+    assert scales == ["group", "none"]
 
 
 def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
@@ -373,6 +390,8 @@ def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.length_norm=0"))
     with pytest.raises(ConfigError, match="grpo.normal_check: expected one of 'turn1', 'final'"):
         _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.normal_check=turn2"))
+    with pytest.raises(ConfigError, match="grpo.adv_scale: expected one of 'group', 'none'"):
+        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.adv_scale=batch"))
 
 
 def _two_ranks(rank: int, world_size: int, manifest: str, init: str, out: str) -> dict:

@@ -61,8 +61,8 @@ recipe's departures):
   text would be most of what a from-scratch model spends its few thousand samples on.
 - Steps: 600 optimizer steps of stage 1 (batch 4, 2,400 samples of 2,684 frames), 1,800 of stage 2 (4 samples per
   step: 7,200 passes over 1,848 videos and 3,478 clips cut from them, each decoded once and kept in memory,
-  ``data.cache``) and 250 of stage 3 (2 videos, G = 8, sampled at temperature 0.7, each rollout's loss normalised
-  by a constant and false alarms judged on the final answer: the preset says why), instead of
+  ``data.cache``) and 250 of stage 3 (2 videos, G = 8, sampled at temperature 0.7, Dr. GRPO's constant loss
+  normaliser and centred advantages, false alarms judged on the final answer: the preset says why), instead of
   9,330 / 7,000 / 250 steps at 8 / 8 / 64 x 8 samples. Stage 2 is under-trained at 1,800 steps (twice the steps
   write valid turn-2 box lists about four times as often), but the budget has no room for twice the steps in the
   chain and in the ablation: ``experiments/RESULTS.md``.

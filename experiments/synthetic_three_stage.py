@@ -20,12 +20,12 @@ against "after stage 3"). The table goes to ``OUT/results.md`` and into this exp
     python experiments/synthetic_three_stage.py --out runs/quick --quick --results runs/quick/RESULTS.md \\
         --png runs/quick/chart.png                                      # the test's smoke run, about 1 min
 
-Measured: 20.4 and 28.6 min wall (the same stages 1-2, on a machine that ran 38% slower the second time) for the
-data, the stage and ablation runs and the seven evaluations on an otherwise idle machine with 2 CPU cores
-(``experiments/RESULTS.md``). A rerun on the same ``--out`` skips every stage and evaluation already finished and
-keeps their recorded times. Two queues of child processes run side by side, on one thread each: one trains the
-chain (and evaluates the final model), the other evaluates each checkpoint once it exists and trains the ablations in
-between.
+Measured: 20.4, 28.6 and 27.3 min wall (the same stages 1-2; the machine ran 38% slower the second time, and the
+third has the stage-3 preset of commit 6a33e9f) for the data, the stage and ablation runs and the seven evaluations
+on an otherwise idle machine with 2 CPU cores (``experiments/RESULTS.md``). A rerun on the same ``--out`` skips every
+stage and evaluation already finished and keeps their recorded times. Two queues of child processes run side by
+side, on one thread each: one trains the chain (and evaluates the final model), the other evaluates each checkpoint
+once it exists and trains the ablations in between.
 
 How it departs from the paper's scale (the stage presets ``experiments/configs/three_stage/*.yaml`` list each
 recipe's departures):

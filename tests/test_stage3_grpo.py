@@ -380,18 +380,16 @@ def test_recipe_passes_adv_scale_to_the_advantages(world, tmp_path, monkeypatch)
 
 def test_recipe_refuses_uneven_micro_batches(world, tmp_path):
     manifest, init = world
-    with pytest.raises(SystemExit, match="grad_accum"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "train.grad_accum=3"))
-    with pytest.raises(SystemExit, match="status_weight"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_weight=0"))
-    with pytest.raises(ConfigError, match="grpo.status_check: expected one of 'valid', 'read'"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.status_check=lenient"))
-    with pytest.raises(SystemExit, match="length_norm"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.length_norm=0"))
-    with pytest.raises(ConfigError, match="grpo.normal_check: expected one of 'turn1', 'final'"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.normal_check=turn2"))
-    with pytest.raises(ConfigError, match="grpo.adv_scale: expected one of 'group', 'none'"):
-        _run(*_tiny_args(manifest, init, tmp_path / "x", "grpo.adv_scale=batch"))
+    for error, message, override in [
+        (SystemExit, "grad_accum", "train.grad_accum=3"),
+        (SystemExit, "status_weight", "grpo.status_weight=0"),
+        (ConfigError, "grpo.status_check: expected one of 'valid', 'read'", "grpo.status_check=lenient"),
+        (SystemExit, "length_norm", "grpo.length_norm=0"),
+        (ConfigError, "grpo.normal_check: expected one of 'turn1', 'final'", "grpo.normal_check=turn2"),
+        (ConfigError, "grpo.adv_scale: expected one of 'group', 'none'", "grpo.adv_scale=batch"),
+    ]:
+        with pytest.raises(error, match=message):
+            _run(*_tiny_args(manifest, init, tmp_path / "x", override))
 
 
 def _two_ranks(rank: int, world_size: int, manifest: str, init: str, out: str) -> dict:
